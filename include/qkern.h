@@ -1,0 +1,169 @@
+/*
+ * qkern — the whole C ABI in one header.
+ *
+ * Conventions
+ *  - Every fallible function returns qk_status (0 = QK_OK). On failure a human-readable
+ *    message is kept per calling thread and returned by qk_last_error().
+ *  - Tensors cross the ABI as `const qk_tensor*`: a data address (host or device), the
+ *    number of bytes addressable from it, dtype, device and shape/strides in elements.
+ *    The library checks every descriptor it receives (shape, strides, bounds, device,
+ *    dtype) and never writes outside `nbytes`.
+ *  - Device work takes an explicit qk_stream; NULL means the device's default stream
+ *    (on the CPU, work is always synchronous and the stream is ignored).
+ *  - The CUDA runtime is linked statically: the library loads on machines without a GPU
+ *    or driver and reports CUDA as unavailable (qk_backend_status) instead.
+ */
+#ifndef QKERN_H
+#define QKERN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(_WIN32)
+#define QK_API __declspec(dllexport)
+#else
+#define QK_API __attribute__((visibility("default")))
+#endif
+
+/** Bumped on every incompatible change; the Java side refuses a mismatch. */
+#define QK_ABI_VERSION 1
+#define QK_MAX_DIMS 8
+
+typedef int32_t qk_status;
+enum qk_status_code {
+  QK_OK = 0,
+  QK_ERR_INVALID_ARGUMENT = 1,   /* a caller error: bad shape, dtype, pointer, size, value */
+  QK_ERR_UNSUPPORTED = 2,        /* a valid request this build or backend cannot serve */
+  QK_ERR_OUT_OF_MEMORY = 3,
+  QK_ERR_BACKEND_UNAVAILABLE = 4,/* e.g. CUDA requested but no driver / device */
+  QK_ERR_DEVICE = 5,             /* the device runtime reported an error */
+  QK_ERR_NON_FINITE = 6,         /* NaN or Inf where the operation forbids it */
+  QK_ERR_INTERNAL = 7            /* a bug in qkern */
+};
+
+/* Element types. Values are part of the ABI. */
+enum qk_dtype {
+  QK_F32 = 0, QK_F16 = 1, QK_BF16 = 2, QK_F64 = 3,
+  QK_U8 = 4, QK_I8 = 5, QK_I16 = 6, QK_I32 = 7, QK_I64 = 8, QK_BOOL = 9
+};
+
+enum qk_device_kind { QK_DEVICE_CPU = 0, QK_DEVICE_CUDA = 1 };
+
+typedef struct qk_tensor {
+  void* data;                    /* address of element [0, ..., 0] (host or device) */
+  int64_t nbytes;                /* bytes addressable from data: every element must lie inside */
+  int32_t dtype;                 /* enum qk_dtype */
+  int32_t device_kind;           /* enum qk_device_kind */
+  int32_t device_index;          /* 0 for the CPU */
+  int32_t ndim;                  /* 0..QK_MAX_DIMS */
+  int64_t shape[QK_MAX_DIMS];
+  int64_t strides[QK_MAX_DIMS];  /* in elements, not bytes */
+} qk_tensor;
+
+typedef struct qk_stream_s* qk_stream;
+typedef struct qk_event_s* qk_event;
+
+/* ---- library ------------------------------------------------------------------------ */
+QK_API int32_t qk_abi_version(void);
+QK_API const char* qk_version_string(void);
+/** This thread's last error message ("" if none). Valid until the next qk_* call on the thread. */
+QK_API const char* qk_last_error(void);
+QK_API void qk_clear_error(void);
+QK_API const char* qk_status_name(qk_status status);
+
+/* ---- CPU ---------------------------------------------------------------------------- */
+/** The SIMD path kernels use: "avx512", "avx2" or "scalar" (chosen at load from cpuid). */
+QK_API const char* qk_cpu_path(void);
+/** Force a path ("scalar", "avx2", "avx512") or "auto"; fails if this CPU lacks it. */
+QK_API qk_status qk_cpu_set_path(const char* path);
+/** Space-separated CPU features qkern looked for and found. */
+QK_API const char* qk_cpu_features(void);
+QK_API int32_t qk_cpu_threads(void);
+/** Worker threads for CPU kernels; 0 = hardware concurrency. */
+QK_API qk_status qk_cpu_set_threads(int32_t threads);
+
+/* ---- backends and devices ----------------------------------------------------------- */
+/** 1 if the backend can run kernels on this machine, else 0. */
+QK_API int32_t qk_backend_available(int32_t device_kind);
+/** One line: what the backend is, or why it is unavailable. */
+QK_API const char* qk_backend_status(int32_t device_kind);
+QK_API int32_t qk_device_count(int32_t device_kind);
+/** Writes a NUL-terminated device name (truncated to buf_len). */
+QK_API qk_status qk_device_name(int32_t device_kind, int32_t device_index, char* buf, int64_t buf_len);
+QK_API qk_status qk_device_memory(int32_t device_kind, int32_t device_index, int64_t* free_bytes,
+                                  int64_t* total_bytes);
+
+/* ---- memory ------------------------------------------------------------------------- */
+/** 64-byte aligned on the host, cudaMalloc on CUDA. nbytes == 0 gives NULL and QK_OK. */
+QK_API qk_status qk_malloc(int32_t device_kind, int32_t device_index, int64_t nbytes, void** out);
+QK_API qk_status qk_free(int32_t device_kind, int32_t device_index, void* ptr);
+/** Any direction between host and device; asynchronous on a non-NULL CUDA stream. */
+QK_API qk_status qk_memcpy(void* dst, int32_t dst_kind, int32_t dst_index, const void* src,
+                           int32_t src_kind, int32_t src_index, int64_t nbytes, qk_stream stream);
+QK_API qk_status qk_memset(void* dst, int32_t device_kind, int32_t device_index, int32_t byte_value,
+                           int64_t nbytes, qk_stream stream);
+
+/* ---- streams and events ------------------------------------------------------------- */
+QK_API qk_status qk_stream_create(int32_t device_kind, int32_t device_index, qk_stream* out);
+QK_API qk_status qk_stream_destroy(qk_stream stream);
+QK_API qk_status qk_stream_synchronize(qk_stream stream);
+QK_API qk_status qk_device_synchronize(int32_t device_kind, int32_t device_index);
+QK_API qk_status qk_event_create(int32_t device_kind, int32_t device_index, qk_event* out);
+QK_API qk_status qk_event_destroy(qk_event event);
+QK_API qk_status qk_event_record(qk_event event, qk_stream stream);
+QK_API qk_status qk_event_synchronize(qk_event event);
+QK_API qk_status qk_event_elapsed_ms(qk_event start, qk_event end, float* ms_out);
+
+/* ---- NF4 (QLoRA NormalFloat-4, bitsandbytes layout) ---------------------------------- */
+/**
+ * Blockwise NF4 quantization of a contiguous F32/F16/BF16 tensor (flattened row-major).
+ *   packed: U8, (n+1)/2 elements; first element of a pair in the HIGH nibble.
+ *   absmax: F32, ceil(n/blocksize) elements.
+ * blocksize: a power of two in 32..4096. NaN/Inf input fails with QK_ERR_NON_FINITE and
+ * *nonfinite_index (if not NULL) set to the lowest offending flat index (else to -1).
+ * On CUDA this call synchronizes its stream to report that index.
+ */
+QK_API qk_status qk_nf4_quantize(const qk_tensor* x, int64_t blocksize, const qk_tensor* packed,
+                                 const qk_tensor* absmax, int64_t* nonfinite_index, qk_stream stream);
+
+/**
+ * out = round_to_dtype(NF4[code] * absmax[block]) for every element of `out`
+ * (contiguous F32/F16/BF16; its element count is n).
+ */
+QK_API qk_status qk_nf4_dequantize(const qk_tensor* packed, const qk_tensor* absmax, int64_t blocksize,
+                                   const qk_tensor* out, qk_stream stream);
+
+/**
+ * Double quantization of the F32 absmax (bitsandbytes compress_statistics):
+ * offset = mean(absmax) (computed in double, rounded once), then 256-blocks of
+ * (absmax - offset) are quantized to the nearest entry of `code_map` (F32 [256], ascending).
+ * Outputs: codes U8 [blocks], nested_absmax F32 [ceil(blocks/256)], *offset_out.
+ * On CUDA this call synchronizes its stream (the offset is returned to the host).
+ */
+QK_API qk_status qk_nf4_double_quantize(const qk_tensor* absmax, const qk_tensor* code_map,
+                                        const qk_tensor* codes, const qk_tensor* nested_absmax,
+                                        float* offset_out, qk_stream stream);
+
+/** absmax[b] = fp32(fp32(code_map[codes[b]] * nested_absmax[b / 256]) + offset). */
+QK_API qk_status qk_nf4_double_dequantize(const qk_tensor* codes, const qk_tensor* nested_absmax,
+                                          const qk_tensor* code_map, float offset,
+                                          const qk_tensor* absmax, qk_stream stream);
+
+/* ---- measurement -------------------------------------------------------------------- */
+/**
+ * Memory-read bandwidth probe over `buf` (host or device, any dtype, contiguous):
+ * the best GB/s (1e9 bytes/s) over several read patterns and `repetitions` passes, using
+ * every CPU worker thread (or the whole GPU). The name of the winning pattern is written
+ * to `best_pattern` (NUL-terminated, may be NULL).
+ */
+QK_API qk_status qk_probe_read_bandwidth(const qk_tensor* buf, int32_t repetitions, double* gbps_out,
+                                         char* best_pattern, int64_t best_pattern_len);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* QKERN_H */
