@@ -34,15 +34,23 @@ import java.util.concurrent.atomic.AtomicBoolean;
  * {@code {"dtype": ..., "shape": [...], "data_offsets": [begin, end]}}, offsets relative to the data section,
  * and may hold a {@code "__metadata__"} object of string values.
  *
- * <p>{@link #open(Path)} checks everything a reader relies on, and reports any violation as a
- * {@link SafetensorsFormatException}: the header's length (at most {@value #MAX_HEADER_BYTES} bytes, checked
- * before anything of that size is allocated), encoding and syntax (strict JSON, see {@link Json}); each entry
- * has exactly the three keys, a dtype {@link DType} knows, at most {@value #MAX_RANK} non-negative dimensions
- * and offsets with {@code 0 <= begin <= end <=} the data section's length; the byte count the shape needs
- * (computed without overflow) equals {@code end - begin}; no two tensors' byte ranges overlap (an empty
- * tensor overlaps nothing). Unlike the Rust safetensors crate, this reader allows gaps between tensors and
- * unused bytes at the end of the data section: they harm nothing, and tolerating them lets a tool read files
- * whose writer aligned each tensor.
+ * <p>{@link #open(Path)} checks everything a reader relies on and reports any violation as a
+ * {@link SafetensorsFormatException}:
+ * <ul>
+ *   <li>the header length: non-zero, within the file, at most {@value #MAX_HEADER_BYTES} bytes (checked before
+ *       anything of that size is allocated);</li>
+ *   <li>the header: strict UTF-8, starting with {@code '{'}, one strict JSON object (see {@link Json}, which
+ *       also bounds nesting) followed only by padding (spaces, or any JSON whitespace, as the Rust crate
+ *       accepts);</li>
+ *   <li>each entry: exactly the keys dtype (one {@link DType} knows), shape (at most {@value #MAX_RANK}
+ *       non-negative integers) and data_offsets ({@code [begin, end]} with {@code 0 <= begin <= end <=} the data
+ *       section's length), a non-empty name, and a byte count for the shape (computed without overflow) equal
+ *       to {@code end - begin};</li>
+ *   <li>no two tensors' byte ranges overlap (an empty tensor overlaps nothing).</li>
+ * </ul>
+ * Unlike the Rust safetensors crate, this reader allows gaps between tensors and unused bytes at the end of
+ * the data section: they harm nothing, and tolerating them lets a tool read files whose writer aligned each
+ * tensor.
  *
  * <p>Tensor data is returned as read-only slices of the mapping, which stay valid until {@link #close()}.
  * They start wherever the file puts them, so they are not necessarily aligned to their element size: read
@@ -254,15 +262,20 @@ public final class SafetensorsFile implements AutoCloseable {
                 .onMalformedInput(CodingErrorAction.REPORT)
                 .onUnmappableCharacter(CodingErrorAction.REPORT);
         ByteBuffer in = ByteBuffer.wrap(bytes);
-        // UTF-8 never needs more chars than bytes.
-        CharBuffer out = CharBuffer.allocate(bytes.length);
-        CoderResult result = decoder.decode(in, out, true);
-        if (result.isError()) {
-            throw new SafetensorsFormatException(path, "header is not valid UTF-8: invalid byte sequence at header"
-                    + " byte " + in.position());
+        // Validates through a small buffer (new String(bytes, UTF_8) alone would replace bad bytes silently),
+        // so that a large header is not held as chars twice.
+        CharBuffer scratch = CharBuffer.allocate(8192);
+        while (true) {
+            CoderResult result = decoder.decode(in, scratch, true);
+            if (result.isError()) {
+                throw new SafetensorsFormatException(path, "header is not valid UTF-8: invalid byte sequence at "
+                        + "header byte " + in.position());
+            }
+            if (result.isUnderflow()) {
+                return new String(bytes, StandardCharsets.UTF_8);
+            }
+            scratch.clear();
         }
-        decoder.flush(out);
-        return out.flip().toString();
     }
 
     private static Map<String, String> parseMetadata(Path path, Object value) throws SafetensorsFormatException {

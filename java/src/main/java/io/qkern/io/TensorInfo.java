@@ -19,6 +19,8 @@ import java.util.Objects;
 public record TensorInfo(String name, DType dtype, long[] shape, long begin, long end) {
 
     /**
+     * Validates and copies the arguments.
+     *
      * @throws IllegalArgumentException if the name is empty, a dimension or offset is negative, the offsets are
      *                                  reversed, or the byte range does not hold exactly the shape's elements
      * @throws ArithmeticException      if the shape's byte size overflows a long

@@ -45,6 +45,47 @@ public final class Nf4Tensor implements AutoCloseable {
         this.doubleQuant = doubleQuant;
     }
 
+    /**
+     * Assembles an NF4 tensor from its parts (all on one device), checking dtypes and sizes
+     * against the quant state. Takes ownership of the tensors. {@code absmax} is F32 per block
+     * without double quantization, null with it.
+     */
+    public static Nf4Tensor of(Nf4QuantState state, Tensor packed, Tensor absmax, DoubleQuant doubleQuant) {
+        long n = state.numel();
+        long blocks = Nf4Format.blocks(n, state.blocksize());
+        expect(packed, DType.U8, Nf4Format.packedBytes(n), "packed", packed.device());
+        if (state.doubleQuant() != (doubleQuant != null) || (absmax == null) == (doubleQuant == null)) {
+            throw new IllegalArgumentException("give F32 absmax without double quantization, or the double"
+                    + " quantization parts with it (quant state says double_quant=" + state.doubleQuant() + ")");
+        }
+        if (absmax != null) {
+            expect(absmax, DType.F32, blocks, "absmax", packed.device());
+        } else {
+            expect(doubleQuant.codes(), DType.U8, blocks, "absmax codes", packed.device());
+            expect(doubleQuant.nestedAbsmax(), DType.F32, Nf4Format.blocks(blocks, Nf4Format.NESTED_BLOCKSIZE),
+                    "nested_absmax", packed.device());
+            expect(doubleQuant.nestedMap(), DType.F32, 256, "nested_quant_map", packed.device());
+            if (doubleQuant.offset() != state.nestedOffset()) {
+                throw new IllegalArgumentException("double quantization offset " + doubleQuant.offset()
+                        + " differs from the quant state's nested_offset " + state.nestedOffset());
+            }
+        }
+        return new Nf4Tensor(state, packed, absmax, doubleQuant);
+    }
+
+    private static void expect(Tensor t, DType dtype, long numel, String what, Device device) {
+        if (t == null) {
+            throw new IllegalArgumentException(what + " is missing");
+        }
+        if (t.dtype() != dtype || t.numel() != numel) {
+            throw new IllegalArgumentException(what + " must be " + dtype + " with " + numel + " elements, got "
+                    + t.dtype() + " with " + t.numel());
+        }
+        if (!t.device().equals(device)) {
+            throw new IllegalArgumentException(what + " is on " + t.device() + ", expected " + device);
+        }
+    }
+
     public Nf4QuantState quantState() {
         return state;
     }

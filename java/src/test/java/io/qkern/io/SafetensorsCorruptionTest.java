@@ -227,8 +227,8 @@ class SafetensorsCorruptionTest {
 
     @Test
     void rejectsOverlappingTensorsNamingBoth() throws IOException {
-        String header = "{" + entry("first", "\"U8\"", "[8]", "[0,8]") + "," + entry("second", "\"F32\"", "[2]", "[4,12]")
-                + "}";
+        String header = "{" + entry("first", "\"U8\"", "[8]", "[0,8]") + ","
+                + entry("second", "\"F32\"", "[2]", "[4,12]") + "}";
         rejected(header, 16, "overlap", "\"first\"", "\"second\"", "data_offsets [4, 12]");
         // Identical ranges, listed in reverse offset order, and a range nested inside another.
         rejected("{" + entry("b", "\"U8\"", "[4]", "[4,8]") + "," + entry("a", "\"U8\"", "[4]", "[4,8]") + "}", 8,

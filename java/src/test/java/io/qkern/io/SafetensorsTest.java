@@ -178,8 +178,8 @@ class SafetensorsTest {
         // safetensors.torch.save_file({"weight": torch.arange(6.).reshape(2, 3), "bias": torch.tensor([1., 2.],
         // dtype=torch.float16), "step": torch.tensor(7)}, f, metadata={"format": "pt"}) writes compact JSON,
         // metadata first, tensors sorted by dtype alignment (descending) then name, header padded to 8 bytes.
-        String header = "{\"__metadata__\":{\"format\":\"pt\"},\"step\":{\"dtype\":\"I64\",\"shape\":[],\"data_offsets\":"
-                + "[0,8]},\"weight\":{\"dtype\":\"F32\",\"shape\":[2,3],\"data_offsets\":[8,32]},\"bias\":{\"dtype\":"
+        String header = "{\"__metadata__\":{\"format\":\"pt\"},\"step\":{\"dtype\":\"I64\",\"shape\":[],"
+                + "\"data_offsets\":[0,8]},\"weight\":{\"dtype\":\"F32\",\"shape\":[2,3],\"data_offsets\":[8,32]},\"bias\":{\"dtype\":"
                 + "\"F16\",\"shape\":[2],\"data_offsets\":[32,36]}}  ";
         ByteBuffer data = ByteBuffer.allocate(36).order(ByteOrder.LITTLE_ENDIAN).putLong(7);
         for (int i = 0; i < 6; i++) {
