@@ -152,10 +152,16 @@ QK_API qk_status qk_nf4_double_quantize(const qk_tensor* absmax, const qk_tensor
     for (int i = 1; i < 256; i++)
       if (!(map[i - 1] <= map[i]))
         return fail(QK_ERR_INVALID_ARGUMENT, "%s: code_map must be ascending (entry %d)", fn, i);
+    // float64 sum in the CUDA kernel's fixed order (4096-value chunks left to right, then the
+    // chunk sums left to right), so both devices produce the same offset bit for bit
     double sum = 0.0;
-    for (int64_t b = 0; b < blocks; b++) {
-      if (!isfinite(a[b])) return fail(QK_ERR_NON_FINITE, "%s: absmax[%lld] is not finite", fn, (long long)b);
-      sum += a[b];
+    for (int64_t c0 = 0; c0 < blocks; c0 += 4096) {
+      double chunk = 0.0;
+      for (int64_t b = c0; b < std::min(blocks, c0 + 4096); b++) {
+        if (!isfinite(a[b])) return fail(QK_ERR_NON_FINITE, "%s: absmax[%lld] is not finite", fn, (long long)b);
+        chunk += a[b];
+      }
+      sum += chunk;
     }
     const float offset = (float)(sum / (double)blocks);
     uint8_t* q = static_cast<uint8_t*>(codes->data);
