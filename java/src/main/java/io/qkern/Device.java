@@ -40,6 +40,9 @@ public record Device(Kind kind, int index) {
 
     /** Parses "cpu", "cuda" (= cuda:0) or "cuda:N". */
     public static Device parse(String text) {
+        if (text == null) {
+            throw new IllegalArgumentException("device is null (expected cpu, cuda or cuda:N)");
+        }
         String t = text.trim().toLowerCase(Locale.ROOT);
         if (t.equals("cpu")) {
             return CPU;

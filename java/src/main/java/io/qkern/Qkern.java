@@ -93,6 +93,9 @@ public final class Qkern {
 
     /** Pins the CPU path ("scalar", "avx2", "avx512" or "auto"); throws if this CPU lacks it. */
     public static void setCpuPath(String path) {
+        if (path == null) {
+            throw new IllegalArgumentException("cpu path is null (expected scalar, avx2, avx512 or auto)");
+        }
         NativeLib.get().cpuSetPath(path);
     }
 

@@ -79,6 +79,10 @@ public final class Tensor implements AutoCloseable {
         if (segment == null) {
             throw new IllegalArgumentException("segment is null");
         }
+        if (!segment.isNative()) {  // a heap segment's address() is an array offset: native code would crash on it
+            throw new IllegalArgumentException("wrap needs native memory (an Arena or a mapped file), not a heap"
+                    + " segment; copy it with ofBytes or ofFloats");
+        }
         if (segment.byteSize() != bytes) {
             throw new IllegalArgumentException("segment has " + segment.byteSize() + " bytes but a " + dtype
                     + " tensor of shape " + Arrays.toString(s) + " needs " + bytes);
@@ -147,6 +151,11 @@ public final class Tensor implements AutoCloseable {
         return leases.get() == CLOSED;
     }
 
+    /** True for a host tensor over read-only memory (e.g. a file mapped read-only): kernels may not write it. */
+    public boolean isReadOnly() {
+        return host != null && host.isReadOnly();
+    }
+
     /** The host memory of a CPU tensor. Throws for device tensors: copy them first. */
     public MemorySegment segment() {
         ensureOpen();
@@ -181,6 +190,9 @@ public final class Tensor implements AutoCloseable {
         if (src.dtype != dtype || src.numel != numel) {
             throw new IllegalArgumentException("cannot copy a " + src.dtype + " tensor of shape "
                     + Arrays.toString(src.shape) + " into a " + dtype + " tensor of shape " + Arrays.toString(shape));
+        }
+        if (isReadOnly()) {
+            throw new IllegalStateException("tensor " + describe() + " wraps read-only memory and cannot be written");
         }
         if (byteSize == 0) {
             return;

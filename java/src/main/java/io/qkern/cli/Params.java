@@ -54,7 +54,7 @@ final class Params {
         if (v.isEmpty()) {
             return new long[0];
         }
-        String[] parts = v.split(",");
+        String[] parts = v.split(",", -1);  // -1: keep trailing empty parts, so "8x" or "8,128," is refused
         long[] s = new long[parts.length];
         for (int i = 0; i < parts.length; i++) {
             try {

@@ -110,6 +110,9 @@ public final class Nf4 {
         if (!out.device().equals(q.device())) {
             throw new IllegalArgumentException("output is on " + out.device() + " but the NF4 tensor is on " + q.device());
         }
+        if (out.isReadOnly()) {  // the kernel would write into read-only (possibly PROT_READ-mapped) memory
+            throw new IllegalArgumentException("output " + out + " wraps read-only memory");
+        }
         NativeLib lib = NativeLib.get();
         Tensor absmax = q.isDoubleQuantized() ? rebuildAbsmax(q) : q.absmax();
         try (Arena arena = Arena.ofConfined(); Tensor.Lease a = q.packed().acquire(); Tensor.Lease b = absmax.acquire();

@@ -121,6 +121,11 @@ public final class Nf4Checkpoint {
         if (Files.isDirectory(in)) {
             long bytesIn = directorySize(in);
             Path target = out.toAbsolutePath();
+            if (target.normalize().startsWith(in.toAbsolutePath().normalize())) {
+                // the copy of the input's other files would copy the output being built into itself
+                throw new IOException("output " + target + " is inside the input directory " + in.toAbsolutePath()
+                        + "; choose an output directory outside it");
+            }
             if (Files.exists(target) && !(Files.isDirectory(target) && isEmpty(target))) {
                 throw new FileAlreadyExistsException(target.toString(), null,
                         "output exists and is not an empty directory; refusing to overwrite it");
