@@ -217,23 +217,10 @@ public final class Tensor implements AutoCloseable {
         if (numel > Integer.MAX_VALUE - 8) {
             throw new IllegalStateException("tensor too large for a Java array: " + numel + " elements");
         }
-        MemorySegment s = segment();
-        float[] out = new float[(int) numel];
-        switch (dtype) {
-            case F32 -> MemorySegment.copy(s, ValueLayout.JAVA_FLOAT_UNALIGNED, 0, out, 0, out.length);
-            case F16 -> {
-                for (int i = 0; i < out.length; i++) {
-                    out[i] = Float.float16ToFloat(s.get(ValueLayout.JAVA_SHORT_UNALIGNED, 2L * i));
-                }
-            }
-            case BF16 -> {
-                for (int i = 0; i < out.length; i++) {
-                    out[i] = Float.intBitsToFloat((s.get(ValueLayout.JAVA_SHORT_UNALIGNED, 2L * i) & 0xffff) << 16);
-                }
-            }
-            default -> throw new IllegalStateException("toFloatArray needs F32, F16 or BF16, tensor is " + dtype);
+        if (!dtype.isFloatingPoint() || dtype == DType.F64) {
+            throw new IllegalStateException("toFloatArray needs F32, F16 or BF16, tensor is " + dtype);
         }
-        return out;
+        return io.qkern.internal.Floats.widen(segment(), dtype, (int) numel);
     }
 
     /** The raw bytes, copied to the host if needed. */

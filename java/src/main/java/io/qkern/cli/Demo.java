@@ -4,6 +4,7 @@ import io.qkern.DType;
 import io.qkern.Device;
 import io.qkern.Qkern;
 import io.qkern.Tensor;
+import io.qkern.internal.Floats;
 import io.qkern.io.Json;
 import io.qkern.io.SafetensorsFile;
 import io.qkern.io.SafetensorsWriter;
@@ -223,8 +224,8 @@ final class Demo {
                 }
                 tensors++;
                 TensorInfo info = orig.info(name);
-                float[] x = bf16(orig.data(name), info.numel());
-                float[] y = bf16(back.data(name), info.numel());
+                float[] x = Floats.widen(orig.data(name), DType.BF16, (int) info.numel());
+                float[] y = Floats.widen(back.data(name), DType.BF16, (int) info.numel());
                 float[] absmax;
                 try (Nf4Tensor nt = Nf4Tensor.read(q, name, device); Tensor a = Nf4.absmaxOf(nt)) {
                     absmax = a.toFloatArray();
@@ -271,13 +272,6 @@ final class Demo {
         return out;
     }
 
-    private static float[] bf16(MemorySegment s, long n) {
-        float[] out = new float[(int) n];
-        for (int i = 0; i < out.length; i++) {
-            out[i] = Float.intBitsToFloat((s.get(ValueLayout.JAVA_SHORT_UNALIGNED, 2L * i) & 0xffff) << 16);
-        }
-        return out;
-    }
 
     private static long sizeOf(Path dir) throws IOException {
         try (var s = Files.walk(dir)) {

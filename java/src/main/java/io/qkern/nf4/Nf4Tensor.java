@@ -3,6 +3,7 @@ package io.qkern.nf4;
 import io.qkern.DType;
 import io.qkern.Device;
 import io.qkern.Tensor;
+import io.qkern.internal.Floats;
 import io.qkern.io.SafetensorsFile;
 import io.qkern.io.SafetensorsFormatException;
 import io.qkern.io.SafetensorsWriter;
@@ -295,25 +296,10 @@ public final class Nf4Tensor implements AutoCloseable {
         if (info.numel() > Integer.MAX_VALUE - 8) {
             throw formatError(where, ": " + info.name() + " is too large");
         }
-        MemorySegment s = file.data(info.name());
-        int n = (int) info.numel();
-        float[] out = new float[n];
-        switch (info.dtype()) {
-            case F32 -> MemorySegment.copy(s, ValueLayout.JAVA_FLOAT_UNALIGNED, 0, out, 0, n);
-            case BF16 -> {
-                for (int i = 0; i < n; i++) {
-                    out[i] = Float.intBitsToFloat((s.get(ValueLayout.JAVA_SHORT_UNALIGNED, 2L * i) & 0xffff) << 16);
-                }
-            }
-            case F16 -> {
-                for (int i = 0; i < n; i++) {
-                    out[i] = Float.float16ToFloat(s.get(ValueLayout.JAVA_SHORT_UNALIGNED, 2L * i));
-                }
-            }
-            default -> throw formatError(where, ": " + info.name() + " has dtype " + info.dtype()
-                    + ", expected F32 (or BF16/F16)");
+        if (info.dtype() != DType.F32 && info.dtype() != DType.F16 && info.dtype() != DType.BF16) {
+            throw formatError(where, ": " + info.name() + " has dtype " + info.dtype() + ", expected F32 (or BF16/F16)");
         }
-        return out;
+        return Floats.widen(file.data(info.name()), info.dtype(), (int) info.numel());
     }
 
     private static void checkAbsmax(float[] a, Where where, String what) throws SafetensorsFormatException {
