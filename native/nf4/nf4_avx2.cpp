@@ -79,16 +79,6 @@ inline __m128i to_bf16(__m256 v) {
   return packed;
 }
 
-inline void store8(void* out, int32_t dtype, int64_t i, __m256 v) {
-  switch (dtype) {
-    case QK_F16:
-      _mm_storeu_si128((__m128i*)((uint16_t*)out + i), _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
-      break;
-    case QK_BF16: _mm_storeu_si128((__m128i*)((uint16_t*)out + i), to_bf16(v)); break;
-    default: _mm256_storeu_ps((float*)out + i, v);
-  }
-}
-
 // 8 codes (as dword indices 0..15) -> table values, using two 8-entry permutes.
 inline __m256 lookup8(__m256i idx, __m256 tlo, __m256 thi) {
   __m256 lo = _mm256_permutevar8x32_ps(tlo, idx);
@@ -140,9 +130,8 @@ void dequantize_avx2_lut16(const uint8_t* packed, const float* absmax, int64_t b
   }
 }
 
-template <int32_t DTYPE>
-void dequantize_avx2_t(const uint8_t* packed, const float* absmax, int64_t blocksize, int64_t begin, int64_t end,
-                       void* out) {
+void dequantize_avx2_f32(const uint8_t* packed, const float* absmax, int64_t blocksize, int64_t begin, int64_t end,
+                         float* out) {
   const __m256 tlo = _mm256_loadu_ps(kTable), thi = _mm256_loadu_ps(kTable + 8);
   const __m256i low4 = _mm256_set1_epi32(15);
   int64_t i = begin;
@@ -156,11 +145,11 @@ void dequantize_avx2_t(const uint8_t* packed, const float* absmax, int64_t block
       __m256 odd = lookup8(_mm256_and_si256(bytes, low4), tlo, thi);
       __m256 a = _mm256_unpacklo_ps(even, odd);  // e0 o0 e1 o1 | e4 o4 e5 o5
       __m256 b = _mm256_unpackhi_ps(even, odd);  // e2 o2 e3 o3 | e6 o6 e7 o7
-      store8(out, DTYPE, i, _mm256_mul_ps(_mm256_permute2f128_ps(a, b, 0x20), scale));
-      store8(out, DTYPE, i + 8, _mm256_mul_ps(_mm256_permute2f128_ps(a, b, 0x31), scale));
+      _mm256_storeu_ps(out + i, _mm256_mul_ps(_mm256_permute2f128_ps(a, b, 0x20), scale));
+      _mm256_storeu_ps(out + i + 8, _mm256_mul_ps(_mm256_permute2f128_ps(a, b, 0x31), scale));
     }
     if (i < stop) {
-      dequantize_range_scalar(packed, absmax, blocksize, i, stop, out, DTYPE);
+      dequantize_range_scalar(packed, absmax, blocksize, i, stop, out, QK_F32);
       i = stop;
     }
   }
@@ -171,7 +160,7 @@ void dequantize_avx2(const uint8_t* packed, const float* absmax, int64_t blocksi
   switch (dtype) {
     case QK_F16: return dequantize_avx2_lut16<QK_F16>(packed, absmax, blocksize, begin, end, out);
     case QK_BF16: return dequantize_avx2_lut16<QK_BF16>(packed, absmax, blocksize, begin, end, out);
-    default: return dequantize_avx2_t<QK_F32>(packed, absmax, blocksize, begin, end, out);
+    default: return dequantize_avx2_f32(packed, absmax, blocksize, begin, end, static_cast<float*>(out));
   }
 }
 
