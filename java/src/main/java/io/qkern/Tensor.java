@@ -38,7 +38,7 @@ public final class Tensor implements AutoCloseable {
             Arena ownedArena, boolean ownsDeviceMemory) {
         this.dtype = dtype;
         this.shape = shape;
-        this.strides = contiguousStrides(shape);
+        this.strides = TensorStruct.contiguousStrides(shape);
         this.device = device;
         this.numel = checkedNumel(shape);
         this.byteSize = bytesOf(dtype, shape);
@@ -366,15 +366,5 @@ public final class Tensor implements AutoCloseable {
             throw new IllegalArgumentException("a " + dtype + " tensor of shape " + Arrays.toString(shape)
                     + " has more than 2^63 bytes");
         }
-    }
-
-    private static long[] contiguousStrides(long[] shape) {
-        long[] st = new long[shape.length];
-        long s = 1;
-        for (int i = shape.length - 1; i >= 0; i--) {
-            st[i] = s;
-            s *= Math.max(shape[i], 1);
-        }
-        return st;
     }
 }

@@ -68,21 +68,11 @@ class NativeAbiBadArgumentsTest {
 
     /** A descriptor of a contiguous tensor over {@code seg}. */
     private MemorySegment desc(MemorySegment seg, int dtype, long... shape) {
-        return desc(seg.address(), seg.byteSize(), dtype, CPU, 0, shape, contiguous(shape));
+        return desc(seg.address(), seg.byteSize(), dtype, CPU, 0, shape, TensorStruct.contiguousStrides(shape));
     }
 
     private MemorySegment desc(long address, long nbytes, int dtype, int kind, int index, long[] shape, long[] strides) {
         return TensorStruct.write(arena, address, nbytes, dtype, kind, index, shape, strides);
-    }
-
-    private static long[] contiguous(long[] shape) {
-        long[] st = new long[shape.length];
-        long s = 1;
-        for (int i = shape.length - 1; i >= 0; i--) {
-            st[i] = s;
-            s *= Math.max(shape[i], 1);
-        }
-        return st;
     }
 
     private MemorySegment x() {

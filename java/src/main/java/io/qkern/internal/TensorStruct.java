@@ -28,6 +28,17 @@ public final class TensorStruct {
 
     private TensorStruct() {}
 
+    /** Row-major strides in elements for {@code shape}. */
+    public static long[] contiguousStrides(long[] shape) {
+        long[] st = new long[shape.length];
+        long s = 1;
+        for (int i = shape.length - 1; i >= 0; i--) {
+            st[i] = s;
+            s *= Math.max(shape[i], 1);
+        }
+        return st;
+    }
+
     /** Writes a descriptor into memory from {@code arena}. */
     public static MemorySegment write(Arena arena, long address, long nbytes, int dtype, int deviceKind,
             int deviceIndex, long[] shape, long[] strides) {
