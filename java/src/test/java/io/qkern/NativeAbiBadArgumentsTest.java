@@ -10,6 +10,7 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import io.qkern.QkernException.Status;
 import io.qkern.internal.NativeLib;
+import io.qkern.internal.Nf4Native;
 import io.qkern.internal.TensorStruct;
 import io.qkern.nf4.Nf4;
 import io.qkern.nf4.Nf4Tensor;
@@ -42,6 +43,7 @@ class NativeAbiBadArgumentsTest {
     private static final long BS = 64;
 
     private final NativeLib lib = NativeLib.get();
+    private final Nf4Native nf4 = Nf4Native.get();
     private Arena arena;
     /** Real host buffers for the valid tensors of each call: x F32[128], packed U8[64], absmax F32[2]. */
     private MemorySegment xBuf;
@@ -88,7 +90,7 @@ class NativeAbiBadArgumentsTest {
     }
 
     private void quantize(MemorySegment x, long blocksize, MemorySegment packed, MemorySegment absmax) {
-        lib.nf4Quantize(x, blocksize, packed, absmax, new long[] {-2}, MemorySegment.NULL);
+        nf4.nf4Quantize(x, blocksize, packed, absmax, new long[] {-2}, MemorySegment.NULL);
     }
 
     private void quantizeX(MemorySegment x) {
@@ -110,12 +112,12 @@ class NativeAbiBadArgumentsTest {
     @Test
     void validCallSucceeds() {
         long[] bad = {-2};
-        lib.nf4Quantize(x(), BS, packed(), absmax(), bad, MemorySegment.NULL);
+        nf4.nf4Quantize(x(), BS, packed(), absmax(), bad, MemorySegment.NULL);
         assertEquals(-1, bad[0]);
         assertEquals(6.4f, absmaxBuf.getAtIndex(ValueLayout.JAVA_FLOAT, 0));  // |(0-64)/10|
         assertEquals(6.3f, absmaxBuf.getAtIndex(ValueLayout.JAVA_FLOAT, 1));
         MemorySegment out = arena.allocate(128 * 4, 64);
-        lib.nf4Dequantize(packed(), absmax(), BS, desc(out, F32, 8, 16), MemorySegment.NULL);
+        nf4.nf4Dequantize(packed(), absmax(), BS, desc(out, F32, 8, 16), MemorySegment.NULL);
         for (int i = 0; i < 128; i++) {
             float v = xBuf.getAtIndex(ValueLayout.JAVA_FLOAT, i);
             assertEquals(v, out.getAtIndex(ValueLayout.JAVA_FLOAT, i), 6.4f * 0.16f, "element " + i);
@@ -129,7 +131,7 @@ class NativeAbiBadArgumentsTest {
         expect(Status.INVALID_ARGUMENT, () -> quantizeX(MemorySegment.NULL), "qk_nf4_quantize", "x is NULL");
         expect(Status.INVALID_ARGUMENT, () -> quantize(x(), BS, MemorySegment.NULL, absmax()), "packed is NULL");
         expect(Status.INVALID_ARGUMENT, () -> quantize(x(), BS, packed(), MemorySegment.NULL), "absmax is NULL");
-        expect(Status.INVALID_ARGUMENT, () -> lib.nf4Dequantize(packed(), absmax(), BS, MemorySegment.NULL,
+        expect(Status.INVALID_ARGUMENT, () -> nf4.nf4Dequantize(packed(), absmax(), BS, MemorySegment.NULL,
                 MemorySegment.NULL), "qk_nf4_dequantize", "out is NULL");
     }
 
@@ -257,9 +259,9 @@ class NativeAbiBadArgumentsTest {
         expect(Status.INVALID_ARGUMENT, () -> quantize(x(), BS, packed(), desc(absmaxBuf, F32, 1)),
                 "absmax has 1 elements, expected 2");
         MemorySegment out = arena.allocate(128 * 4, 64);
-        expect(Status.INVALID_ARGUMENT, () -> lib.nf4Dequantize(packed(), desc(absmaxBuf, F32, 1), BS,
+        expect(Status.INVALID_ARGUMENT, () -> nf4.nf4Dequantize(packed(), desc(absmaxBuf, F32, 1), BS,
                 desc(out, F32, 128), MemorySegment.NULL), "qk_nf4_dequantize", "absmax has 1 elements, expected 2");
-        expect(Status.INVALID_ARGUMENT, () -> lib.nf4Dequantize(desc(packedBuf, U8, 32), absmax(), BS,
+        expect(Status.INVALID_ARGUMENT, () -> nf4.nf4Dequantize(desc(packedBuf, U8, 32), absmax(), BS,
                 desc(out, F32, 128), MemorySegment.NULL), "packed has 32 elements, expected 64");
     }
 
@@ -274,7 +276,7 @@ class NativeAbiBadArgumentsTest {
         // dequantize writing over its own codes
         MemorySegment outOverPacked = desc(packedBuf.address(), 64, DType.BF16.code(), CPU, 0, new long[] {32},
                 new long[] {1});
-        expect(Status.INVALID_ARGUMENT, () -> lib.nf4Dequantize(desc(packedBuf, U8, 16), desc(absmaxBuf, F32, 1),
+        expect(Status.INVALID_ARGUMENT, () -> nf4.nf4Dequantize(desc(packedBuf, U8, 16), desc(absmaxBuf, F32, 1),
                 32, outOverPacked, MemorySegment.NULL), "out and packed overlap");
     }
 
@@ -283,7 +285,7 @@ class NativeAbiBadArgumentsTest {
     void invalidBlocksize(long blocksize) {
         expect(Status.INVALID_ARGUMENT, () -> quantize(x(), blocksize, packed(), absmax()),
                 "blocksize " + blocksize + " is invalid");
-        expect(Status.INVALID_ARGUMENT, () -> lib.nf4Dequantize(packed(), absmax(), blocksize,
+        expect(Status.INVALID_ARGUMENT, () -> nf4.nf4Dequantize(packed(), absmax(), blocksize,
                 desc(arena.allocate(512, 64), F32, 128), MemorySegment.NULL), "blocksize " + blocksize);
     }
 
@@ -301,7 +303,7 @@ class NativeAbiBadArgumentsTest {
         xBuf.setAtIndex(ValueLayout.JAVA_FLOAT, 77, Float.NaN);
         xBuf.setAtIndex(ValueLayout.JAVA_FLOAT, 100, Float.POSITIVE_INFINITY);
         long[] bad = {-2};
-        QkernException e = expect(Status.NON_FINITE, () -> lib.nf4Quantize(x(), BS, packed(), absmax(), bad,
+        QkernException e = expect(Status.NON_FINITE, () -> nf4.nf4Quantize(x(), BS, packed(), absmax(), bad,
                 MemorySegment.NULL), "element 77 is NaN");
         assertEquals(77, bad[0], e.getMessage());
     }
@@ -319,29 +321,29 @@ class NativeAbiBadArgumentsTest {
         absmaxBuf.setAtIndex(ValueLayout.JAVA_FLOAT, 0, 1f);
         absmaxBuf.setAtIndex(ValueLayout.JAVA_FLOAT, 1, 2f);
         // valid call first
-        float offset = lib.nf4DoubleQuantize(absmax(), desc(map, F32, 256), desc(codes, U8, 2), desc(nested, F32, 1),
+        float offset = nf4.nf4DoubleQuantize(absmax(), desc(map, F32, 256), desc(codes, U8, 2), desc(nested, F32, 1),
                 MemorySegment.NULL);
         assertEquals(1.5f, offset);
-        expect(Status.INVALID_ARGUMENT, () -> lib.nf4DoubleQuantize(absmax(), desc(map.asSlice(0, 512), F32, 128),
+        expect(Status.INVALID_ARGUMENT, () -> nf4.nf4DoubleQuantize(absmax(), desc(map.asSlice(0, 512), F32, 128),
                 desc(codes, U8, 2), desc(nested, F32, 1), MemorySegment.NULL), "code_map has 128 elements, expected 256");
-        expect(Status.INVALID_ARGUMENT, () -> lib.nf4DoubleQuantize(absmax(), desc(map, F32, 256), desc(codes, U8, 2),
+        expect(Status.INVALID_ARGUMENT, () -> nf4.nf4DoubleQuantize(absmax(), desc(map, F32, 256), desc(codes, U8, 2),
                 MemorySegment.NULL, MemorySegment.NULL), "nested_absmax is NULL");
-        expect(Status.INVALID_ARGUMENT, () -> lib.nf4DoubleQuantize(absmax(), desc(map, F32, 256),
+        expect(Status.INVALID_ARGUMENT, () -> nf4.nf4DoubleQuantize(absmax(), desc(map, F32, 256),
                 desc(absmaxBuf, U8, 2), desc(nested, F32, 1), MemorySegment.NULL), "absmax and codes overlap");
         map.setAtIndex(ValueLayout.JAVA_FLOAT, 10, 5f);
-        expect(Status.INVALID_ARGUMENT, () -> lib.nf4DoubleQuantize(absmax(), desc(map, F32, 256), desc(codes, U8, 2),
+        expect(Status.INVALID_ARGUMENT, () -> nf4.nf4DoubleQuantize(absmax(), desc(map, F32, 256), desc(codes, U8, 2),
                 desc(nested, F32, 1), MemorySegment.NULL), "code_map must be ascending");
         map.setAtIndex(ValueLayout.JAVA_FLOAT, 10, (10 - 128) / 128f);
         absmaxBuf.setAtIndex(ValueLayout.JAVA_FLOAT, 1, Float.NaN);
-        expect(Status.NON_FINITE, () -> lib.nf4DoubleQuantize(absmax(), desc(map, F32, 256), desc(codes, U8, 2),
+        expect(Status.NON_FINITE, () -> nf4.nf4DoubleQuantize(absmax(), desc(map, F32, 256), desc(codes, U8, 2),
                 desc(nested, F32, 1), MemorySegment.NULL), "absmax[1] is not finite");
 
-        expect(Status.INVALID_ARGUMENT, () -> lib.nf4DoubleDequantize(desc(codes, U8, 2), desc(nested, F32, 1),
+        expect(Status.INVALID_ARGUMENT, () -> nf4.nf4DoubleDequantize(desc(codes, U8, 2), desc(nested, F32, 1),
                 desc(map, F32, 256), 0f, desc(absmaxBuf, F32, 1), MemorySegment.NULL),
                 "qk_nf4_double_dequantize", "absmax has 1 elements, expected 2");
-        expect(Status.NON_FINITE, () -> lib.nf4DoubleDequantize(desc(codes, U8, 2), desc(nested, F32, 1),
+        expect(Status.NON_FINITE, () -> nf4.nf4DoubleDequantize(desc(codes, U8, 2), desc(nested, F32, 1),
                 desc(map, F32, 256), Float.NaN, absmax(), MemorySegment.NULL), "offset is not finite");
-        expect(Status.INVALID_ARGUMENT, () -> lib.nf4DoubleDequantize(MemorySegment.NULL, desc(nested, F32, 1),
+        expect(Status.INVALID_ARGUMENT, () -> nf4.nf4DoubleDequantize(MemorySegment.NULL, desc(nested, F32, 1),
                 desc(map, F32, 256), 0f, absmax(), MemorySegment.NULL), "codes is NULL");
     }
 

@@ -71,15 +71,16 @@ public final class NativeLib {
             cpuThreads, cpuSetThreads, backendAvailable, backendStatus, deviceCount, deviceName,
             deviceMemory, malloc, free, memcpy, memset, streamCreate, streamDestroy, streamSynchronize,
             deviceSynchronize, eventCreate, eventDestroy, eventRecord, eventSynchronize, eventElapsedMs,
-            nf4Quantize, nf4Dequantize, nf4DoubleQuantize, nf4DoubleDequantize, probeReadBandwidth;
+            probeReadBandwidth;
+    private final SymbolLookup lookup;
+    private final Linker linker;
 
     private NativeLib(NativeLoader.Loaded loaded) {
         this.path = loaded.path();
         this.origin = loaded.origin();
-        SymbolLookup lookup = SymbolLookup.loaderLookup();
-        Linker linker = Linker.nativeLinker();
-        Binder b = (name, fd) -> linker.downcallHandle(lookup.find(name).orElseThrow(
-                () -> new IllegalStateException(path + " lacks the symbol " + name + " (a stale or foreign library?)")), fd);
+        this.lookup = SymbolLookup.loaderLookup();
+        this.linker = Linker.nativeLinker();
+        Binder b = this::bind;
         FunctionDescriptor statusOf = FunctionDescriptor.of(JAVA_INT);
         FunctionDescriptor string = FunctionDescriptor.of(ADDRESS);
         abiVersion = b.bind("qk_abi_version", statusOf);
@@ -110,14 +111,6 @@ public final class NativeLib {
         eventRecord = b.bind("qk_event_record", FunctionDescriptor.of(JAVA_INT, ADDRESS, ADDRESS));
         eventSynchronize = b.bind("qk_event_synchronize", FunctionDescriptor.of(JAVA_INT, ADDRESS));
         eventElapsedMs = b.bind("qk_event_elapsed_ms", FunctionDescriptor.of(JAVA_INT, ADDRESS, ADDRESS, ADDRESS));
-        nf4Quantize = b.bind("qk_nf4_quantize", FunctionDescriptor.of(JAVA_INT, ADDRESS, JAVA_LONG, ADDRESS, ADDRESS,
-                ADDRESS, ADDRESS));
-        nf4Dequantize = b.bind("qk_nf4_dequantize", FunctionDescriptor.of(JAVA_INT, ADDRESS, ADDRESS, JAVA_LONG,
-                ADDRESS, ADDRESS));
-        nf4DoubleQuantize = b.bind("qk_nf4_double_quantize", FunctionDescriptor.of(JAVA_INT, ADDRESS, ADDRESS, ADDRESS,
-                ADDRESS, ADDRESS, ADDRESS));
-        nf4DoubleDequantize = b.bind("qk_nf4_double_dequantize", FunctionDescriptor.of(JAVA_INT, ADDRESS, ADDRESS,
-                ADDRESS, JAVA_FLOAT, ADDRESS, ADDRESS));
         probeReadBandwidth = b.bind("qk_probe_read_bandwidth", FunctionDescriptor.of(JAVA_INT, ADDRESS, JAVA_INT,
                 ADDRESS, ADDRESS, JAVA_LONG));
     }
@@ -136,15 +129,26 @@ public final class NativeLib {
         return origin;
     }
 
+    /**
+     * Looks up one ABI function. The kernel families bind their functions through this in their
+     * own classes of this package ({@code Nf4Native}, ...); this class keeps the core ABI.
+     */
+    MethodHandle bind(String name, FunctionDescriptor descriptor) {
+        return linker.downcallHandle(lookup.find(name).orElseThrow(
+                () -> new IllegalStateException(path + " lacks the symbol " + name + " (a stale or foreign library?)")),
+                descriptor);
+    }
+
     // ---- checking ---------------------------------------------------------------------------
 
-    private void check(String function, int status) {
+    /** Turns a non-zero status into a QkernException carrying qk_last_error(). */
+    void check(String function, int status) {
         if (status != 0) {
             throw new QkernException(function, status, lastError());
         }
     }
 
-    private static AssertionError bug(String function, Throwable t) {
+    static AssertionError bug(String function, Throwable t) {
         return new AssertionError("unexpected failure calling " + function + " (a qkern bug)", t);
     }
 
@@ -411,62 +415,6 @@ public final class NativeLib {
             throw bug(function, t);
         }
         check(function, st);
-    }
-
-    // ---- NF4 ------------------------------------------------------------------------------------
-
-    /**
-     * Returns -1 on success; on NaN/Inf input throws a QkernException whose message names the
-     * element; {@code badIndexOut[0]} receives that index so callers can add context.
-     */
-    public void nf4Quantize(MemorySegment x, long blocksize, MemorySegment packed, MemorySegment absmax,
-            long[] badIndexOut, MemorySegment stream) {
-        int st;
-        try (Arena arena = Arena.ofConfined()) {
-            MemorySegment bad = arena.allocate(JAVA_LONG);
-            st = (int) nf4Quantize.invokeExact(x, blocksize, packed, absmax, bad, stream);
-            badIndexOut[0] = bad.get(JAVA_LONG, 0);
-        } catch (Throwable t) {
-            throw bug("qk_nf4_quantize", t);
-        }
-        check("qk_nf4_quantize", st);
-    }
-
-    public void nf4Dequantize(MemorySegment packed, MemorySegment absmax, long blocksize, MemorySegment out,
-            MemorySegment stream) {
-        int st;
-        try {
-            st = (int) nf4Dequantize.invokeExact(packed, absmax, blocksize, out, stream);
-        } catch (Throwable t) {
-            throw bug("qk_nf4_dequantize", t);
-        }
-        check("qk_nf4_dequantize", st);
-    }
-
-    public float nf4DoubleQuantize(MemorySegment absmax, MemorySegment codeMap, MemorySegment codes,
-            MemorySegment nestedAbsmax, MemorySegment stream) {
-        int st;
-        float offset;
-        try (Arena arena = Arena.ofConfined()) {
-            MemorySegment out = arena.allocate(JAVA_FLOAT);
-            st = (int) nf4DoubleQuantize.invokeExact(absmax, codeMap, codes, nestedAbsmax, out, stream);
-            offset = out.get(JAVA_FLOAT, 0);
-        } catch (Throwable t) {
-            throw bug("qk_nf4_double_quantize", t);
-        }
-        check("qk_nf4_double_quantize", st);
-        return offset;
-    }
-
-    public void nf4DoubleDequantize(MemorySegment codes, MemorySegment nestedAbsmax, MemorySegment codeMap,
-            float offset, MemorySegment absmax, MemorySegment stream) {
-        int st;
-        try {
-            st = (int) nf4DoubleDequantize.invokeExact(codes, nestedAbsmax, codeMap, offset, absmax, stream);
-        } catch (Throwable t) {
-            throw bug("qk_nf4_double_dequantize", t);
-        }
-        check("qk_nf4_double_dequantize", st);
     }
 
     // ---- measurement ------------------------------------------------------------------------------

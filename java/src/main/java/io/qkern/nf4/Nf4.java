@@ -3,7 +3,7 @@ package io.qkern.nf4;
 import io.qkern.DType;
 import io.qkern.QkernException;
 import io.qkern.Tensor;
-import io.qkern.internal.NativeLib;
+import io.qkern.internal.Nf4Native;
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
 import java.util.ArrayList;
@@ -48,7 +48,7 @@ public final class Nf4 {
         long n = x.numel();
         int bs = options.blocksize();
         long blocks = Nf4Format.blocks(n, bs);
-        NativeLib lib = NativeLib.get();
+        Nf4Native lib = Nf4Native.get();
         List<Tensor> made = new ArrayList<>();
         try {
             Tensor packed = track(made, Tensor.allocate(DType.U8, x.device(), Nf4Format.packedBytes(n)));
@@ -113,7 +113,7 @@ public final class Nf4 {
         if (out.isReadOnly()) {  // the kernel would write into read-only (possibly PROT_READ-mapped) memory
             throw new IllegalArgumentException("output " + out + " wraps read-only memory");
         }
-        NativeLib lib = NativeLib.get();
+        Nf4Native lib = Nf4Native.get();
         Tensor absmax = q.isDoubleQuantized() ? rebuildAbsmax(q) : q.absmax();
         try (Arena arena = Arena.ofConfined(); Tensor.Lease a = q.packed().acquire(); Tensor.Lease b = absmax.acquire();
                 Tensor.Lease c = out.acquire()) {
@@ -137,7 +137,7 @@ public final class Nf4 {
         try (Arena arena = Arena.ofConfined(); Tensor.Lease a = dq.codes().acquire();
                 Tensor.Lease b = dq.nestedAbsmax().acquire(); Tensor.Lease c = dq.nestedMap().acquire();
                 Tensor.Lease d = absmax.acquire()) {
-            NativeLib.get().nf4DoubleDequantize(dq.codes().descriptor(arena), dq.nestedAbsmax().descriptor(arena),
+            Nf4Native.get().nf4DoubleDequantize(dq.codes().descriptor(arena), dq.nestedAbsmax().descriptor(arena),
                     dq.nestedMap().descriptor(arena), dq.offset(), absmax.descriptor(arena), MemorySegment.NULL);
             return absmax;
         } catch (RuntimeException e) {
