@@ -208,9 +208,10 @@ qk_status check_decode_io(const char* fn, const qk_tensor* q, const qk_tensor* k
   return QK_OK;
 }
 
-int64_t auto_partition_blocks(const std::vector<SeqPages>& seqs, int64_t kv_heads, int64_t block_size) {
+// One work item is one partition of one sequence, all heads.
+int64_t auto_partition_blocks(const std::vector<SeqPages>& seqs, int64_t block_size) {
   const int64_t threads = worker_threads();
-  const int64_t items = (int64_t)seqs.size() * kv_heads;
+  const int64_t items = (int64_t)seqs.size();
   if (items >= 2 * threads) return INT64_MAX;  // enough independent work without splitting
   int64_t max_pages = 0;
   for (const SeqPages& s : seqs) max_pages = std::max(max_pages, s.num_pages);
@@ -225,7 +226,7 @@ qk_status decode_cpu(const qk_tensor* q, const qk_tensor* k_cache, const qk_tens
   const int64_t B = ds.batch, Hq = ds.q_heads, Hkv = ds.kv_heads, D = ds.head_dim;
   const int group = (int)(Hq / Hkv);
   if (B == 0) return QK_OK;
-  const int64_t pb = partition_blocks > 0 ? partition_blocks : auto_partition_blocks(seqs, Hkv, cs.block_size);
+  const int64_t pb = partition_blocks > 0 ? partition_blocks : auto_partition_blocks(seqs, cs.block_size);
 
   // part_start[b]: index of sequence b's first partition; a sequence without pages has one
   std::vector<int64_t> part_start((size_t)B + 1, 0);
@@ -243,39 +244,32 @@ qk_status decode_cpu(const qk_tensor* q, const qk_tensor* k_cache, const qk_tens
   CacheView view{k_cache->data, v_cache->data, k_cache->strides[0], v_cache->strides[0], cs.heads * D,
                  k_cache->dtype, (int32_t)cs.block_size, (int32_t)D};
   const CpuKernels& k = kernels();
-  const int64_t scratch_floats = decode_scratch_floats(group, (int)D, (int)cs.block_size);
+  const int64_t scratch_floats = decode_scratch_floats((int)Hkv, group, (int)D, (int)cs.block_size);
   float* lse_data = lse ? static_cast<float*>(lse->data) : nullptr;
 
-  parallel_for(total_parts * Hkv, 1, [&](int64_t i0, int64_t i1) {
-    std::vector<float> buf((size_t)(scratch_floats + 2 * group * D + group));
+  parallel_for(total_parts, 1, [&](int64_t i0, int64_t i1) {
+    std::vector<float> buf((size_t)(scratch_floats + 2 * Hq * D + Hq));
     float* scratch = buf.data();
     float* qf = scratch + scratch_floats;
-    float* of = qf + group * D;
-    float* lf = of + group * D;
-    for (int64_t item = i0; item < i1; item++) {
-      const int64_t part = item / Hkv, h = item % Hkv;
+    float* of = qf + Hq * D;
+    float* lf = of + Hq * D;
+    for (int64_t part = i0; part < i1; part++) {
       const int64_t b = std::upper_bound(part_start.begin(), part_start.end(), part) - part_start.begin() - 1;
-      const int64_t p_in_seq = part - part_start[b];
       const SeqPages& s = seqs[b];
-      const int64_t first = p_in_seq * pb;
+      const int64_t first = (part - part_start[b]) * pb;
       const int64_t count = std::max<int64_t>(0, std::min(pb, s.num_pages - first));
       const int64_t last_len = first + count == s.num_pages ? s.last_len : cs.block_size;
-      for (int g = 0; g < group; g++) {
-        const int64_t head = h * group + g;
+      for (int64_t head = 0; head < Hq; head++) {
         const int64_t base = b * q->strides[0] + head * q->strides[1];
-        for (int64_t d = 0; d < D; d++) qf[g * D + d] = load_float(q->data, q->dtype, base + d);
+        for (int64_t d = 0; d < D; d++) qf[head * D + d] = load_float(q->data, q->dtype, base + d);
       }
-      k.decode(view, (int)h, s.pages + first, count, last_len, qf, group, scale, of, lf, scratch);
-      const bool direct = part_start[b + 1] - part_start[b] == 1;
-      for (int g = 0; g < group; g++) {
-        const int64_t head = h * group + g;
-        if (direct) {
-          for (int64_t d = 0; d < D; d++) store_float(out->data, out->dtype, (b * Hq + head) * D + d, of[g * D + d]);
-          if (lse_data) lse_data[b * Hq + head] = lf[g];
-        } else {
-          memcpy(&part_out[(size_t)((part * Hq + head) * D)], of + g * D, sizeof(float) * (size_t)D);
-          part_lse[(size_t)(part * Hq + head)] = lf[g];
-        }
+      k.decode(view, s.pages + first, count, last_len, qf, (int)Hkv, group, scale, of, lf, scratch);
+      if (part_start[b + 1] - part_start[b] == 1) {
+        for (int64_t i = 0; i < Hq * D; i++) store_float(out->data, out->dtype, b * Hq * D + i, of[i]);
+        if (lse_data) memcpy(lse_data + b * Hq, lf, sizeof(float) * (size_t)Hq);
+      } else {
+        memcpy(&part_out[(size_t)(part * Hq * D)], of, sizeof(float) * (size_t)(Hq * D));
+        memcpy(&part_lse[(size_t)(part * Hq)], lf, sizeof(float) * (size_t)Hq);
       }
     }
   });

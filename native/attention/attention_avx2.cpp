@@ -62,69 +62,158 @@ inline __m256 transpose_sum8(const __m256* v) {
 // D/8 chunks are walked.
 constexpr int64_t kVTile = 32;
 
-// One page for a tile of GT (1..8) query heads. s: 8 floats per token (lane g = head g);
-// m, l: 8-lane running max and sum of the tile; acc: GT x D unnormalized output.
+// Accumulates V for output chunks [d, d + 8*CH) of GT heads over tokens [t0, t1):
+// acc[g][d..] = acc[g][d..] * alpha[g] (first token tile only) + sum_t p[t][g] * V[t][d..].
+template <int DT, int GT, int CH>
+inline void accumulate_v(const void* v, int64_t v_row0, int64_t token_stride, int64_t t0, int64_t t1, int d, int D,
+                         const float* p, const float* alpha, float* acc) {
+  __m256 o[GT][CH];
+  for (int g = 0; g < GT; g++)
+    for (int c = 0; c < CH; c++) {
+      o[g][c] = _mm256_loadu_ps(acc + g * D + d + 8 * c);
+      if (t0 == 0) o[g][c] = _mm256_mul_ps(o[g][c], _mm256_set1_ps(alpha[g]));
+    }
+  for (int64_t t = t0; t < t1; t++) {
+    __m256 vv[CH];
+    for (int c = 0; c < CH; c++) vv[c] = load8<DT>(v, v_row0 + t * token_stride + d + 8 * c);
+    for (int g = 0; g < GT; g++) {
+      const __m256 pg = _mm256_broadcast_ss(p + t * GT + g);
+      for (int c = 0; c < CH; c++) o[g][c] = _mm256_fmadd_ps(pg, vv[c], o[g][c]);
+    }
+  }
+  for (int g = 0; g < GT; g++)
+    for (int c = 0; c < CH; c++) _mm256_storeu_ps(acc + g * D + d + 8 * c, o[g][c]);
+}
+
+// A byte range of the next page's K and V blocks to pull toward the cache while this page runs.
+struct Prefetch {
+  const char* k;
+  const char* v;
+  int64_t bytes;
+};
+
+// Prefetches part `step` of `steps` equal parts of the range, one prefetch per cache line.
+inline void prefetch_part(const Prefetch& pf, int64_t step, int64_t steps) {
+  const int64_t lo = pf.bytes * step / steps / 64 * 64, hi = pf.bytes * (step + 1) / steps / 64 * 64;
+  for (int64_t i = lo; i < hi; i += 64) {
+    _mm_prefetch(pf.k + i, _MM_HINT_T0);
+    _mm_prefetch(pf.v + i, _MM_HINT_T0);
+  }
+}
+
+// One page for a tile of GT (1..8) query heads. p: scores, then probabilities, as
+// [token][GT]; m, l: running max and sum per head; acc: GT x D unnormalized output.
+// With GT dividing 8, TT = 8 / GT tokens are scored per step so 8 independent FMA chains are
+// in flight even for MQA-like groups of 1, and one transposing reduction yields all 8 scores.
+// pf: a slice of the next page, prefetched a part per step.
 template <int DT, int GT>
 void page_tile(const void* k, const void* v, int64_t k_row0, int64_t v_row0, int64_t token_stride, int64_t tokens,
-               int D, const float* q, float scale, float* s, float* m, float* l, float* acc) {
+               int D, const float* q, float scale, float* p, float* m, float* l, float* acc, const Prefetch& pf) {
+  constexpr bool kLanesAreHeads = 8 % GT == 0;  // lane j of an 8-float chunk of p is head j % GT
+  constexpr int TT = kLanesAreHeads ? 8 / GT : 1;
   const __m256 vscale = _mm256_set1_ps(scale);
-  __m256 page_max = _mm256_set1_ps(-INFINITY);
-  for (int64_t t = 0; t < tokens; t++) {
-    const int64_t row = k_row0 + t * token_stride;
+  const int64_t steps = (tokens + TT - 1) / TT;
+  for (int64_t step = 0; step < steps; step++) {
+    const int64_t t = step * TT;
+    if (pf.bytes) prefetch_part(pf, step, steps);
     __m256 dot[8];
-    for (int g = 0; g < 8; g++) dot[g] = _mm256_setzero_ps();
+    for (int j = 0; j < 8; j++) dot[j] = _mm256_setzero_ps();
     for (int d = 0; d < D; d += 8) {
-      const __m256 kv = load8<DT>(k, row + d);
-      for (int g = 0; g < GT; g++) dot[g] = _mm256_fmadd_ps(_mm256_loadu_ps(q + g * D + d), kv, dot[g]);
+      for (int tt = 0; tt < TT; tt++) {
+        // a token past the page's end re-reads the last valid row; its score is masked below
+        const int64_t row = k_row0 + (t + tt < tokens ? t + tt : tokens - 1) * token_stride;
+        const __m256 kv = load8<DT>(k, row + d);
+        for (int g = 0; g < GT; g++)
+          dot[tt * GT + g] = _mm256_fmadd_ps(_mm256_loadu_ps(q + g * D + d), kv, dot[tt * GT + g]);
+      }
     }
-    const __m256 sc = _mm256_mul_ps(transpose_sum8(dot), vscale);
-    _mm256_storeu_ps(s + t * 8, sc);
-    page_max = _mm256_max_ps(page_max, sc);
+    __m256 sc = _mm256_mul_ps(transpose_sum8(dot), vscale);
+    if (kLanesAreHeads) {
+      if (t + TT > tokens) {  // lanes of tokens past the end get -inf: weight exactly 0
+        const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        const __m256i valid = _mm256_set1_epi32((int)((tokens - t) * GT));
+        sc = _mm256_blendv_ps(_mm256_set1_ps(-INFINITY), sc, _mm256_castsi256_ps(_mm256_cmpgt_epi32(valid, lane)));
+      }
+      _mm256_storeu_ps(p + t * GT, sc);
+    } else {
+      alignas(32) float lanes[8];
+      _mm256_store_ps(lanes, sc);
+      for (int g = 0; g < GT; g++) p[t * GT + g] = lanes[g];
+    }
   }
-  const __m256 m_old = _mm256_loadu_ps(m);
-  const __m256 m_new = _mm256_max_ps(m_old, page_max);
-  // exp8(-inf) is 0: an empty running state has weight exactly 0
-  const __m256 alpha = exp8(_mm256_sub_ps(m_old, m_new));
-  __m256 sum = _mm256_setzero_ps();
-  for (int64_t t = 0; t < tokens; t++) {
-    const __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(s + t * 8), m_new));
-    _mm256_storeu_ps(s + t * 8, e);
-    sum = _mm256_add_ps(sum, e);
-  }
-  _mm256_storeu_ps(l, _mm256_fmadd_ps(_mm256_loadu_ps(l), alpha, sum));
-  _mm256_storeu_ps(m, m_new);
-  alignas(32) float alpha_lanes[8];
-  _mm256_store_ps(alpha_lanes, alpha);
 
+  alignas(32) float alpha[8];
+  if (kLanesAreHeads) {
+    // p holds steps * 8 floats; lane j belongs to head j % GT
+    const int64_t chunks = steps * TT * GT / 8;
+    __m256 vmax = _mm256_set1_ps(-INFINITY);
+    for (int64_t i = 0; i < chunks; i++) vmax = _mm256_max_ps(vmax, _mm256_loadu_ps(p + 8 * i));
+    alignas(32) float lane_max[8], m_lanes[8];
+    _mm256_store_ps(lane_max, vmax);
+    for (int g = 0; g < GT; g++) {
+      float mx = lane_max[g];
+      for (int j = g + GT; j < 8; j += GT) mx = fmaxf(mx, lane_max[j]);
+      const float m_new = fmaxf(m[g], mx);
+      alpha[g] = m[g] == -INFINITY ? 0.0f : expf(m[g] - m_new);
+      m[g] = m_new;
+    }
+    for (int j = 0; j < 8; j++) m_lanes[j] = m[j % GT];
+    const __m256 vm = _mm256_load_ps(m_lanes);
+    __m256 sum = _mm256_setzero_ps();
+    for (int64_t i = 0; i < chunks; i++) {
+      const __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(p + 8 * i), vm));
+      _mm256_storeu_ps(p + 8 * i, e);
+      sum = _mm256_add_ps(sum, e);
+    }
+    alignas(32) float lane_sum[8];
+    _mm256_store_ps(lane_sum, sum);
+    for (int g = 0; g < GT; g++) {
+      float total = 0.0f;
+      for (int j = g; j < 8; j += GT) total += lane_sum[j];
+      l[g] = l[g] * alpha[g] + total;
+    }
+  } else {
+    for (int g = 0; g < GT; g++) {
+      float mx = -INFINITY;
+      for (int64_t t = 0; t < tokens; t++) mx = fmaxf(mx, p[t * GT + g]);
+      const float m_new = fmaxf(m[g], mx);
+      alpha[g] = m[g] == -INFINITY ? 0.0f : expf(m[g] - m_new);
+      float total = 0.0f;
+      for (int64_t t = 0; t < tokens; t++) {
+        const float e = expf(p[t * GT + g] - m_new);
+        p[t * GT + g] = e;
+        total += e;
+      }
+      l[g] = l[g] * alpha[g] + total;
+      m[g] = m_new;
+    }
+  }
+
+  // V: CH output chunks per pass so GT * CH = 8 independent accumulators
+  constexpr int CH = kLanesAreHeads ? 8 / GT : 1;
   for (int64_t t0 = 0; t0 < tokens; t0 += kVTile) {
     const int64_t t1 = tokens < t0 + kVTile ? tokens : t0 + kVTile;
-    for (int d = 0; d < D; d += 8) {
-      __m256 o[GT];
-      for (int g = 0; g < GT; g++) {
-        o[g] = _mm256_loadu_ps(acc + g * D + d);
-        if (t0 == 0) o[g] = _mm256_mul_ps(o[g], _mm256_set1_ps(alpha_lanes[g]));
-      }
-      for (int64_t t = t0; t < t1; t++) {
-        const __m256 vv = load8<DT>(v, v_row0 + t * token_stride + d);
-        for (int g = 0; g < GT; g++) o[g] = _mm256_fmadd_ps(_mm256_broadcast_ss(s + t * 8 + g), vv, o[g]);
-      }
-      for (int g = 0; g < GT; g++) _mm256_storeu_ps(acc + g * D + d, o[g]);
-    }
+    int d = 0;
+    for (; d + 8 * CH <= D; d += 8 * CH) accumulate_v<DT, GT, CH>(v, v_row0, token_stride, t0, t1, d, D, p, alpha, acc);
+    for (; d < D; d += 8) accumulate_v<DT, GT, 1>(v, v_row0, token_stride, t0, t1, d, D, p, alpha, acc);
   }
 }
 
 template <int DT>
 void page_tiles(const CacheView& c, int64_t k_row0, int64_t v_row0, int64_t tokens, const float* q, int group,
-                float scale, float* s, float* m, float* l, float* acc) {
+                float scale, float* s, float* m, float* l, float* acc, const Prefetch& pf) {
   const int D = c.head_dim;
+  const Prefetch none{nullptr, nullptr, 0};
   for (int g0 = 0; g0 < group; g0 += 8) {
     const int gt = group - g0 < 8 ? group - g0 : 8;
     const float* qt = q + (int64_t)g0 * D;
     float* at = acc + (int64_t)g0 * D;
-    float* mt = m + g0;
-    float* lt = l + g0;
-#define QK_TILE(N) \
-  case N: page_tile<DT, N>(c.k, c.v, k_row0, v_row0, c.token_stride, tokens, D, qt, scale, s, mt, lt, at); break;
+    // only the first tile prefetches: later tiles of a large group find the page in cache
+    const Prefetch& tile_pf = g0 == 0 ? pf : none;
+#define QK_TILE(N)                                                                                                \
+  case N:                                                                                                         \
+    page_tile<DT, N>(c.k, c.v, k_row0, v_row0, c.token_stride, tokens, D, qt, scale, s, m + g0, l + g0, at, tile_pf); \
+    break;
     switch (gt) {
       QK_TILE(1) QK_TILE(2) QK_TILE(3) QK_TILE(4) QK_TILE(5) QK_TILE(6) QK_TILE(7) QK_TILE(8)
     }
@@ -132,44 +221,62 @@ void page_tiles(const CacheView& c, int64_t k_row0, int64_t v_row0, int64_t toke
   }
 }
 
-void decode_avx2(const CacheView& c, int kv_head, const int32_t* pages, int64_t num_pages, int64_t last_page_len,
-                 const float* q, int group, float scale, float* out, float* lse, float* scratch) {
+void decode_avx2(const CacheView& c, const int32_t* pages, int64_t num_pages, int64_t last_page_len, const float* q,
+                 int kv_heads, int group, float scale, float* out, float* lse, float* scratch) {
   const int D = c.head_dim;
   if (D % 8 != 0) {
-    decode_scalar(c, kv_head, pages, num_pages, last_page_len, q, group, scale, out, lse, scratch);
+    decode_scalar(c, pages, num_pages, last_page_len, q, kv_heads, group, scale, out, lse, scratch);
     return;
   }
+  // per KV head: acc (padded x D), m and l (padded; lanes past `group` are computed and ignored)
   const int padded = (group + 7) / 8 * 8;
-  float* acc = scratch;                  // padded x D
-  float* m = acc + (int64_t)padded * D;  // padded: lanes past `group` are computed and ignored
-  float* l = m + padded;
-  float* s = l + padded;                 // block_size x 8
-  memset(acc, 0, sizeof(float) * (size_t)group * (size_t)D);
-  for (int g = 0; g < padded; g++) {
-    m[g] = -INFINITY;
-    l[g] = 0.0f;
+  const int64_t head_floats = (int64_t)padded * D + 2 * padded;
+  float* s = scratch + kv_heads * head_floats;  // block_size x 8 (+ 8 of padding)
+  for (int kvh = 0; kvh < kv_heads; kvh++) {
+    float* acc = scratch + kvh * head_floats;
+    float* m = acc + (int64_t)padded * D;
+    memset(acc, 0, sizeof(float) * (size_t)group * (size_t)D);
+    for (int g = 0; g < padded; g++) {
+      m[g] = -INFINITY;
+      m[padded + g] = 0.0f;
+    }
   }
+  const int64_t es = c.dtype == QK_F32 ? 4 : 2;
+  // bytes of one block across all KV heads: contiguous, so the next page is prefetched as a
+  // stream in kv_heads slices (the hardware prefetchers cannot guess an unrelated address)
+  const int64_t block_bytes = (int64_t)c.block_size * c.token_stride * es;
   for (int64_t p = 0; p < num_pages; p++) {
     const int64_t tokens = p + 1 == num_pages ? last_page_len : c.block_size;
-    if (p + 1 < num_pages) {  // the next page is at an unrelated address: start its first rows early
-      const int64_t es = c.dtype == QK_F32 ? 4 : 2;
-      _mm_prefetch((const char*)c.k + (pages[p + 1] * c.k_block_stride + (int64_t)kv_head * D) * es, _MM_HINT_T0);
-      _mm_prefetch((const char*)c.v + (pages[p + 1] * c.v_block_stride + (int64_t)kv_head * D) * es, _MM_HINT_T0);
-    }
-    const int64_t k_row0 = pages[p] * c.k_block_stride + (int64_t)kv_head * D;
-    const int64_t v_row0 = pages[p] * c.v_block_stride + (int64_t)kv_head * D;
-    switch (c.dtype) {
-      case QK_F16: page_tiles<QK_F16>(c, k_row0, v_row0, tokens, q, group, scale, s, m, l, acc); break;
-      case QK_BF16: page_tiles<QK_BF16>(c, k_row0, v_row0, tokens, q, group, scale, s, m, l, acc); break;
-      default: page_tiles<QK_F32>(c, k_row0, v_row0, tokens, q, group, scale, s, m, l, acc); break;
+    for (int kvh = 0; kvh < kv_heads; kvh++) {
+      float* acc = scratch + kvh * head_floats;
+      float* m = acc + (int64_t)padded * D;
+      float* l = m + padded;
+      const int64_t k_row0 = pages[p] * c.k_block_stride + (int64_t)kvh * D;
+      const int64_t v_row0 = pages[p] * c.v_block_stride + (int64_t)kvh * D;
+      Prefetch pf{nullptr, nullptr, 0};
+      if (p + 1 < num_pages) {
+        const int64_t lo = block_bytes * kvh / kv_heads, hi = block_bytes * (kvh + 1) / kv_heads;
+        pf = {(const char*)c.k + pages[p + 1] * c.k_block_stride * es + lo,
+              (const char*)c.v + pages[p + 1] * c.v_block_stride * es + lo, hi - lo};
+      }
+      const float* qh = q + (int64_t)kvh * group * D;
+      switch (c.dtype) {
+        case QK_F16: page_tiles<QK_F16>(c, k_row0, v_row0, tokens, qh, group, scale, s, m, l, acc, pf); break;
+        case QK_BF16: page_tiles<QK_BF16>(c, k_row0, v_row0, tokens, qh, group, scale, s, m, l, acc, pf); break;
+        default: page_tiles<QK_F32>(c, k_row0, v_row0, tokens, qh, group, scale, s, m, l, acc, pf); break;
+      }
     }
   }
-  for (int g = 0; g < group; g++) {
-    const float inv = l[g] > 0.0f ? 1.0f / l[g] : 0.0f;
-    const __m256 vinv = _mm256_set1_ps(inv);
-    for (int d = 0; d < D; d += 8)
-      _mm256_storeu_ps(out + (int64_t)g * D + d, _mm256_mul_ps(_mm256_loadu_ps(acc + (int64_t)g * D + d), vinv));
-    lse[g] = l[g] > 0.0f ? m[g] + logf(l[g]) : -INFINITY;
+  for (int kvh = 0; kvh < kv_heads; kvh++) {
+    const float* acc = scratch + kvh * head_floats;
+    const float* m = acc + (int64_t)padded * D;
+    const float* l = m + padded;
+    for (int g = 0; g < group; g++) {
+      const int64_t h = (int64_t)kvh * group + g;
+      const float inv = l[g] > 0.0f ? 1.0f / l[g] : 0.0f;
+      for (int d = 0; d < D; d += 8) _mm256_storeu_ps(out + h * D + d, _mm256_mul_ps(_mm256_loadu_ps(acc + (int64_t)g * D + d), _mm256_set1_ps(inv)));
+      lse[h] = l[g] > 0.0f ? m[g] + logf(l[g]) : -INFINITY;
+    }
   }
 }
 

@@ -19,21 +19,22 @@ struct CacheView {
   int32_t head_dim;
 };
 
-// Scratch floats one decode call needs for a query group of `group` heads.
-inline int64_t decode_scratch_floats(int group, int head_dim, int block_size) {
+// Scratch floats one decode call needs for kv_heads query groups of `group` heads.
+inline int64_t decode_scratch_floats(int kv_heads, int group, int head_dim, int block_size) {
   const int64_t padded_group = (group + 7) / 8 * 8;
-  return padded_group * head_dim + 2 * padded_group + padded_group * block_size + 64;
+  return (int64_t)kv_heads * (padded_group * head_dim + 2 * padded_group) + padded_group * block_size + 64;
 }
 
 struct CpuKernels {
-  // Softmax attention of `group` query heads (q: group x head_dim float32, consecutive) that
-  // share KV head `kv_head`, over pages[0..num_pages): every page is full except the last,
-  // which holds `last_page_len` tokens. Writes the normalized output (group x head_dim) and
-  // lse (natural log of the sum of exp(scale * q.k)); no pages gives out = 0, lse = -inf.
-  // Each K/V page is read once for the whole group.
-  void (*decode)(const CacheView& cache, int kv_head, const int32_t* pages, int64_t num_pages,
-                 int64_t last_page_len, const float* q, int group, float scale, float* out, float* lse,
-                 float* scratch);
+  // Softmax attention of one sequence's kv_heads * group query heads (q: [kv_heads][group]
+  // [head_dim] float32; query head h uses KV head h / group) over pages[0..num_pages): every
+  // page is full except the last, which holds `last_page_len` tokens. Writes the normalized
+  // output (same layout as q) and lse (natural log of the sum of exp(scale * q.k)); no pages
+  // gives out = 0, lse = -inf. A page is walked block by block for all KV heads (the block is
+  // contiguous, so the walk streams through memory), and each KV head's rows are read once for
+  // its whole query group.
+  void (*decode)(const CacheView& cache, const int32_t* pages, int64_t num_pages, int64_t last_page_len,
+                 const float* q, int kv_heads, int group, float scale, float* out, float* lse, float* scratch);
 };
 
 const CpuKernels& scalar_kernels();
@@ -41,8 +42,7 @@ const CpuKernels& avx2_kernels();
 const CpuKernels& avx512_kernels();
 
 // The scalar kernel, which the SIMD files fall back to for head_dim they do not tile.
-void decode_scalar(const CacheView& cache, int kv_head, const int32_t* pages, int64_t num_pages,
-                   int64_t last_page_len, const float* q, int group, float scale, float* out, float* lse,
-                   float* scratch);
+void decode_scalar(const CacheView& cache, const int32_t* pages, int64_t num_pages, int64_t last_page_len,
+                   const float* q, int kv_heads, int group, float scale, float* out, float* lse, float* scratch);
 
 }  // namespace qk::attention
