@@ -83,13 +83,25 @@ public final class PagedAttention {
     /** Decode attention with a padded table already in tensors: blockTables I32 [B, maxBlocks], seqLens I32 [B]. */
     public static void decodeInto(Tensor q, PagedKvCache cache, int layer, Tensor blockTables, Tensor seqLens,
             float scale, int partitionBlocks, Tensor out, Tensor lse) {
+        decodeInto(q, cache.key(layer), cache.value(layer), blockTables, seqLens, scale, partitionBlocks, out, lse);
+    }
+
+    /**
+     * Decode attention over raw cache tensors {@code kCache}, {@code vCache} [numBlocks, blockSize,
+     * Hkv, D] with a padded table: blockTables I32 [B, maxBlocks], seqLens I32 [B]; writes
+     * {@code out} [B, Hq, D] (F32/F16/BF16) and {@code lse} F32 [B, Hq]. Every argument is checked
+     * natively (block ids, lengths, shapes), with errors naming the offending entry.
+     */
+    public static void decodeInto(Tensor q, Tensor kCache, Tensor vCache, Tensor blockTables, Tensor seqLens,
+            float scale, int partitionBlocks, Tensor out, Tensor lse) {
         checkPartition(partitionBlocks);
-        Tensor k = cache.key(layer);
-        Tensor v = cache.value(layer);
-        try (Arena arena = Arena.ofConfined(); Tensor.Lease a = q.acquire(); Tensor.Lease b = k.acquire();
-                Tensor.Lease c = v.acquire(); Tensor.Lease d = blockTables.acquire(); Tensor.Lease e = seqLens.acquire();
-                Tensor.Lease f = out.acquire(); Tensor.Lease g = lse.acquire()) {
-            AttentionNative.get().pagedDecode(q.descriptor(arena), k.descriptor(arena), v.descriptor(arena),
+        if (out.isReadOnly() || lse.isReadOnly()) {
+            throw new IllegalArgumentException("out and lse must be writable");
+        }
+        try (Arena arena = Arena.ofConfined(); Tensor.Lease a = q.acquire(); Tensor.Lease b = kCache.acquire();
+                Tensor.Lease c = vCache.acquire(); Tensor.Lease d = blockTables.acquire();
+                Tensor.Lease e = seqLens.acquire(); Tensor.Lease f = out.acquire(); Tensor.Lease g = lse.acquire()) {
+            AttentionNative.get().pagedDecode(q.descriptor(arena), kCache.descriptor(arena), vCache.descriptor(arena),
                     blockTables.descriptor(arena), seqLens.descriptor(arena), scale, partitionBlocks,
                     out.descriptor(arena), lse.descriptor(arena), MemorySegment.NULL);
         }
@@ -144,6 +156,9 @@ public final class PagedAttention {
 
     /** As {@link #merge}, into given tensors, which may be {@code outA}/{@code lseA} themselves (accumulate). */
     public static void mergeInto(Tensor outA, Tensor lseA, Tensor outB, Tensor lseB, Tensor out, Tensor lse) {
+        if (out.isReadOnly() || lse.isReadOnly()) {
+            throw new IllegalArgumentException("out and lse must be writable");
+        }
         try (Arena arena = Arena.ofConfined(); Tensor.Lease a = outA.acquire(); Tensor.Lease b = lseA.acquire();
                 Tensor.Lease c = outB.acquire(); Tensor.Lease d = lseB.acquire(); Tensor.Lease e = out.acquire();
                 Tensor.Lease f = lse.acquire()) {
