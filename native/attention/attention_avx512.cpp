@@ -72,7 +72,7 @@ constexpr int64_t kVTile = 32;
 // Accumulates V for output chunks [d, d + 16*CH) of GT heads over tokens [t0, t1):
 // acc[g][d..] = acc[g][d..] * alpha[g] (first token tile only) + sum_t p[t][g] * V[t][d..].
 template <int DT, int GT, int CH>
-inline void accumulate_v(const void* v, int64_t v_row0, int64_t token_stride, int64_t t0, int64_t t1, int d, int D,
+inline void accumulate_v(const void* v, const int64_t* v_rows, int64_t head_off, int64_t t0, int64_t t1, int d, int D,
                          const float* p, const float* alpha, float* acc) {
   __m512 o[GT][CH];
   for (int g = 0; g < GT; g++)
@@ -82,7 +82,7 @@ inline void accumulate_v(const void* v, int64_t v_row0, int64_t token_stride, in
     }
   for (int64_t t = t0; t < t1; t++) {
     __m512 vv[CH];
-    for (int c = 0; c < CH; c++) vv[c] = load16<DT>(v, v_row0 + t * token_stride + d + 16 * c);
+    for (int c = 0; c < CH; c++) vv[c] = load16<DT>(v, v_rows[t] + head_off + d + 16 * c);
     for (int g = 0; g < GT; g++) {
       const __m512 pg = _mm512_set1_ps(p[t * GT + g]);
       for (int c = 0; c < CH; c++) o[g][c] = _mm512_fmadd_ps(pg, vv[c], o[g][c]);
@@ -92,43 +92,54 @@ inline void accumulate_v(const void* v, int64_t v_row0, int64_t token_stride, in
     for (int c = 0; c < CH; c++) _mm512_storeu_ps(acc + g * D + d + 16 * c, o[g][c]);
 }
 
-// A byte range of the next page's K and V blocks to pull toward the cache while this page runs.
+// Tokens per softmax update: a tile gathers rows across pages through per-token offsets, so
+// small blocks (8, 16 tokens) cost the same per token as large ones.
+constexpr int kTile = 64;
+
+// Rows of the next tile to pull toward the cache while this one runs: row i spans
+// [rows[i], rows[i] + row_bytes) of K (and of V at v_rows[i]), all KV heads of one token.
 struct Prefetch {
   const char* k;
   const char* v;
-  int64_t bytes;
+  const int64_t* k_rows;  // byte offsets
+  const int64_t* v_rows;
+  int first, count;       // the slice of rows this call prefetches
+  int64_t row_bytes;
 };
 
-// Prefetches part `step` of `steps` equal parts of the range, one prefetch per cache line.
+// Prefetches part `step` of `steps` equal parts of the slice, one prefetch per cache line.
 inline void prefetch_part(const Prefetch& pf, int64_t step, int64_t steps) {
-  const int64_t lo = pf.bytes * step / steps / 64 * 64, hi = pf.bytes * (step + 1) / steps / 64 * 64;
-  for (int64_t i = lo; i < hi; i += 64) {
-    _mm_prefetch(pf.k + i, _MM_HINT_T0);
-    _mm_prefetch(pf.v + i, _MM_HINT_T0);
+  const int64_t lines_per_row = (pf.row_bytes + 63) / 64, total = pf.count * lines_per_row;
+  for (int64_t i = total * step / steps; i < total * (step + 1) / steps; i++) {
+    const int64_t row = pf.first + i / lines_per_row, line = (i % lines_per_row) * 64;
+    _mm_prefetch(pf.k + pf.k_rows[row] + line, _MM_HINT_T0);
+    _mm_prefetch(pf.v + pf.v_rows[row] + line, _MM_HINT_T0);
   }
 }
 
-// One page for a tile of GT (1..8) query heads. p: scores, then probabilities, as
+// One tile of tokens for a tile of GT (1..8) query heads; token t's K row starts at element
+// k_rows[t] + head_off (V: v_rows[t] + head_off). p: scores, then probabilities, as
 // [token][GT]; m, l: running max and sum per head; acc: GT x D unnormalized output.
 // With GT dividing 8, TT = 8 / GT tokens are scored per step so 8 independent FMA chains are
 // in flight even for MQA-like groups of 1, and one transposing reduction yields all 8 scores.
 // pf: a slice of the next page, prefetched a part per step.
 template <int DT, int GT>
-void page_tile(const void* k, const void* v, int64_t k_row0, int64_t v_row0, int64_t token_stride, int64_t tokens,
-               int D, const float* q, float scale, float* p, float* m, float* l, float* acc, const Prefetch& pf) {
+void page_tile(const void* k, const void* v, const int64_t* k_rows, const int64_t* v_rows, int64_t head_off,
+               int64_t tokens, int D, const float* q, float scale, float* p, float* m, float* l, float* acc,
+               const Prefetch& pf) {
   constexpr bool kLanesAreHeads = 8 % GT == 0;  // lane j of an 8-float chunk of p is head j % GT
   constexpr int TT = kLanesAreHeads ? 8 / GT : 1;
   const __m256 vscale = _mm256_set1_ps(scale);
   const int64_t steps = (tokens + TT - 1) / TT;
   for (int64_t step = 0; step < steps; step++) {
     const int64_t t = step * TT;
-    if (pf.bytes) prefetch_part(pf, step, steps);
+    if (pf.count) prefetch_part(pf, step, steps);
     __m512 dot[8];
     for (int j = 0; j < 8; j++) dot[j] = _mm512_setzero_ps();
     for (int d = 0; d < D; d += 16) {
       for (int tt = 0; tt < TT; tt++) {
         // a token past the page's end re-reads the last valid row; its score is masked below
-        const int64_t row = k_row0 + (t + tt < tokens ? t + tt : tokens - 1) * token_stride;
+        const int64_t row = k_rows[t + tt < tokens ? t + tt : tokens - 1] + head_off;
         const __m512 kv = load16<DT>(k, row + d);
         for (int g = 0; g < GT; g++)
           dot[tt * GT + g] = _mm512_fmadd_ps(_mm512_loadu_ps(q + g * D + d), kv, dot[tt * GT + g]);
@@ -202,25 +213,26 @@ void page_tile(const void* k, const void* v, int64_t k_row0, int64_t v_row0, int
     const int64_t t1 = tokens < t0 + kVTile ? tokens : t0 + kVTile;
     int d = 0;
     for (; d + 16 * CH <= D; d += 16 * CH)
-      accumulate_v<DT, GT, CH>(v, v_row0, token_stride, t0, t1, d, D, p, alpha, acc);
-    for (; d < D; d += 16) accumulate_v<DT, GT, 1>(v, v_row0, token_stride, t0, t1, d, D, p, alpha, acc);
+      accumulate_v<DT, GT, CH>(v, v_rows, head_off, t0, t1, d, D, p, alpha, acc);
+    for (; d < D; d += 16) accumulate_v<DT, GT, 1>(v, v_rows, head_off, t0, t1, d, D, p, alpha, acc);
   }
 }
 
 template <int DT>
-void page_tiles(const CacheView& c, int64_t k_row0, int64_t v_row0, int64_t tokens, const float* q, int group,
-                float scale, float* s, float* m, float* l, float* acc, const Prefetch& pf) {
+void page_tiles(const CacheView& c, const int64_t* k_rows, const int64_t* v_rows, int64_t head_off, int64_t tokens,
+                const float* q, int group, float scale, float* s, float* m, float* l, float* acc, const Prefetch& pf) {
   const int D = c.head_dim;
-  const Prefetch none{nullptr, nullptr, 0};
+  Prefetch none = pf;
+  none.count = 0;
   for (int g0 = 0; g0 < group; g0 += 8) {
     const int gt = group - g0 < 8 ? group - g0 : 8;
     const float* qt = q + (int64_t)g0 * D;
     float* at = acc + (int64_t)g0 * D;
-    // only the first tile prefetches: later tiles of a large group find the page in cache
+    // only the first tile prefetches: later tiles of a large group find the rows in cache
     const Prefetch& tile_pf = g0 == 0 ? pf : none;
-#define QK_TILE(N)                                                                                                \
-  case N:                                                                                                         \
-    page_tile<DT, N>(c.k, c.v, k_row0, v_row0, c.token_stride, tokens, D, qt, scale, s, m + g0, l + g0, at, tile_pf); \
+#define QK_TILE(N)                                                                                               \
+  case N:                                                                                                        \
+    page_tile<DT, N>(c.k, c.v, k_rows, v_rows, head_off, tokens, D, qt, scale, s, m + g0, l + g0, at, tile_pf); \
     break;
     switch (gt) {
       QK_TILE(1) QK_TILE(2) QK_TILE(3) QK_TILE(4) QK_TILE(5) QK_TILE(6) QK_TILE(7) QK_TILE(8)
@@ -239,7 +251,7 @@ void decode_avx512(const CacheView& c, const int32_t* pages, int64_t num_pages, 
   // per KV head: acc (padded x D), m and l (padded; lanes past `group` are computed and ignored)
   const int padded = (group + 7) / 8 * 8;
   const int64_t head_floats = (int64_t)padded * D + 2 * padded;
-  float* s = scratch + kv_heads * head_floats;  // block_size x 8 (+ 8 of padding)
+  float* s = scratch + kv_heads * head_floats;  // kTile x 8 (+ 8 of padding)
   for (int kvh = 0; kvh < kv_heads; kvh++) {
     float* acc = scratch + kvh * head_floats;
     float* m = acc + (int64_t)padded * D;
@@ -250,28 +262,36 @@ void decode_avx512(const CacheView& c, const int32_t* pages, int64_t num_pages, 
     }
   }
   const int64_t es = c.dtype == QK_F32 ? 4 : 2;
-  // bytes of one block across all KV heads: contiguous, so the next page is prefetched as a
-  // stream in kv_heads slices (the hardware prefetchers cannot guess an unrelated address)
-  const int64_t block_bytes = (int64_t)c.block_size * c.token_stride * es;
-  for (int64_t p = 0; p < num_pages; p++) {
-    const int64_t tokens = p + 1 == num_pages ? last_page_len : c.block_size;
+  const int64_t total = num_pages ? (num_pages - 1) * c.block_size + last_page_len : 0;
+  // element offsets of this tile's rows (all heads of a token; a head adds kvh * D), and byte
+  // offsets of the next tile's rows for the prefetcher (the next page is at an unrelated address,
+  // which the hardware prefetchers cannot guess)
+  int64_t k_rows[kTile], v_rows[kTile], next_k[kTile], next_v[kTile];
+  for (int64_t t0 = 0; t0 < total; t0 += kTile) {
+    const int64_t n = total - t0 < kTile ? total - t0 : kTile;
+    for (int64_t i = 0; i < n; i++) {
+      const int64_t tok = t0 + i, page = pages[tok / c.block_size], off = tok % c.block_size;
+      k_rows[i] = page * c.k_block_stride + off * c.token_stride;
+      v_rows[i] = page * c.v_block_stride + off * c.token_stride;
+    }
+    const int64_t next_n = total - t0 - n < kTile ? total - t0 - n : kTile;
+    for (int64_t i = 0; i < next_n; i++) {
+      const int64_t tok = t0 + n + i, page = pages[tok / c.block_size], off = tok % c.block_size;
+      next_k[i] = (page * c.k_block_stride + off * c.token_stride) * es;
+      next_v[i] = (page * c.v_block_stride + off * c.token_stride) * es;
+    }
     for (int kvh = 0; kvh < kv_heads; kvh++) {
       float* acc = scratch + kvh * head_floats;
       float* m = acc + (int64_t)padded * D;
       float* l = m + padded;
-      const int64_t k_row0 = pages[p] * c.k_block_stride + (int64_t)kvh * D;
-      const int64_t v_row0 = pages[p] * c.v_block_stride + (int64_t)kvh * D;
-      Prefetch pf{nullptr, nullptr, 0};
-      if (p + 1 < num_pages) {
-        const int64_t lo = block_bytes * kvh / kv_heads, hi = block_bytes * (kvh + 1) / kv_heads;
-        pf = {(const char*)c.k + pages[p + 1] * c.k_block_stride * es + lo,
-              (const char*)c.v + pages[p + 1] * c.v_block_stride * es + lo, hi - lo};
-      }
+      const int first = (int)(next_n * kvh / kv_heads), last = (int)(next_n * (kvh + 1) / kv_heads);
+      const Prefetch pf{(const char*)c.k, (const char*)c.v, next_k, next_v, first, last - first, c.token_stride * es};
       const float* qh = q + (int64_t)kvh * group * D;
+      const int64_t head_off = (int64_t)kvh * D;
       switch (c.dtype) {
-        case QK_F16: page_tiles<QK_F16>(c, k_row0, v_row0, tokens, qh, group, scale, s, m, l, acc, pf); break;
-        case QK_BF16: page_tiles<QK_BF16>(c, k_row0, v_row0, tokens, qh, group, scale, s, m, l, acc, pf); break;
-        default: page_tiles<QK_F32>(c, k_row0, v_row0, tokens, qh, group, scale, s, m, l, acc, pf); break;
+        case QK_F16: page_tiles<QK_F16>(c, k_rows, v_rows, head_off, n, qh, group, scale, s, m, l, acc, pf); break;
+        case QK_BF16: page_tiles<QK_BF16>(c, k_rows, v_rows, head_off, n, qh, group, scale, s, m, l, acc, pf); break;
+        default: page_tiles<QK_F32>(c, k_rows, v_rows, head_off, n, qh, group, scale, s, m, l, acc, pf); break;
       }
     }
   }

@@ -22,7 +22,8 @@ struct CacheView {
 // Scratch floats one decode call needs for kv_heads query groups of `group` heads.
 inline int64_t decode_scratch_floats(int kv_heads, int group, int head_dim, int block_size) {
   const int64_t padded_group = (group + 7) / 8 * 8;
-  return (int64_t)kv_heads * (padded_group * head_dim + 2 * padded_group) + padded_group * block_size + 64;
+  const int64_t tile = block_size > 64 ? block_size : 64;  // the SIMD kernels score 64-token tiles
+  return (int64_t)kv_heads * (padded_group * head_dim + 2 * padded_group) + padded_group * tile + 64;
 }
 
 struct CpuKernels {
