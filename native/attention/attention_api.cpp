@@ -212,7 +212,9 @@ qk_status check_decode_io(const char* fn, const qk_tensor* q, const qk_tensor* k
 int64_t auto_partition_blocks(const std::vector<SeqPages>& seqs, int64_t block_size) {
   const int64_t threads = worker_threads();
   const int64_t items = (int64_t)seqs.size();
-  if (items >= 2 * threads) return INT64_MAX;  // enough independent work without splitting
+  // 4 items per thread even out sequences of different lengths (the pool hands each thread one
+  // contiguous range of items)
+  if (items >= 4 * threads) return INT64_MAX;
   int64_t max_pages = 0;
   for (const SeqPages& s : seqs) max_pages = std::max(max_pages, s.num_pages);
   const int64_t parts = ceil_div(4 * threads, std::max<int64_t>(items, 1));

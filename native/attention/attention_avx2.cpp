@@ -294,7 +294,8 @@ void decode_avx2(const CacheView& c, const int32_t* pages, int64_t num_pages, in
     for (int g = 0; g < group; g++) {
       const int64_t h = (int64_t)kvh * group + g;
       const float inv = l[g] > 0.0f ? 1.0f / l[g] : 0.0f;
-      for (int d = 0; d < D; d += 8) _mm256_storeu_ps(out + h * D + d, _mm256_mul_ps(_mm256_loadu_ps(acc + (int64_t)g * D + d), _mm256_set1_ps(inv)));
+      const float* ag = acc + (int64_t)g * D;
+      for (int d = 0; d < D; d += 8) _mm256_storeu_ps(out + h * D + d, _mm256_mul_ps(_mm256_loadu_ps(ag + d), _mm256_set1_ps(inv)));
       lse[h] = l[g] > 0.0f ? m[g] + logf(l[g]) : -INFINITY;
     }
   }

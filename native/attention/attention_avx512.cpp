@@ -302,7 +302,8 @@ void decode_avx512(const CacheView& c, const int32_t* pages, int64_t num_pages, 
     for (int g = 0; g < group; g++) {
       const int64_t h = (int64_t)kvh * group + g;
       const float inv = l[g] > 0.0f ? 1.0f / l[g] : 0.0f;
-      for (int d = 0; d < D; d += 16) _mm512_storeu_ps(out + h * D + d, _mm512_mul_ps(_mm512_loadu_ps(acc + (int64_t)g * D + d), _mm512_set1_ps(inv)));
+      const float* ag = acc + (int64_t)g * D;
+      for (int d = 0; d < D; d += 16) _mm512_storeu_ps(out + h * D + d, _mm512_mul_ps(_mm512_loadu_ps(ag + d), _mm512_set1_ps(inv)));
       lse[h] = l[g] > 0.0f ? m[g] + logf(l[g]) : -INFINITY;
     }
   }
