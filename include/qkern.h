@@ -188,6 +188,14 @@ QK_API qk_status qk_nf4_matmul_input_grad(const qk_tensor* dy, const qk_tensor* 
  */
 QK_API const char* qk_nf4_matmul_path(int64_t m, int32_t device_kind, int32_t input_grad);
 
+/* ---- dense baseline ---------------------------------------------------------------- */
+/**
+ * Dense float32 y[m, n] = x[m, k] w[n, k]^T on the CPU (contiguous F32 tensors): what the NF4
+ * matmul is measured against, with the same tile kernels and no decode step. CUDA tensors get
+ * QK_ERR_UNSUPPORTED (cuBLAS is the dense baseline there).
+ */
+QK_API qk_status qk_matmul_f32(const qk_tensor* x, const qk_tensor* w, const qk_tensor* y, qk_stream stream);
+
 /* ---- measurement -------------------------------------------------------------------- */
 /**
  * Memory-read bandwidth probe over `buf` (host or device, any dtype, contiguous):
