@@ -7,7 +7,8 @@
 //    each packed row once for all m rows; threads split the output columns;
 //  - everything else: per block of 48 weight rows, 256-column tiles of W are decoded into a
 //    float32 tile that stays in L2 and multiplied by every activation row (forward: dot
-//    micro-kernel; input gradient: axpy micro-kernel, threads split k). Unaligned shapes
+//    micro-kernel; input gradient: axpy micro-kernel, threads split k for many rows and bands
+//    of W rows with partial sums for few). Unaligned shapes
 //    (k % 64 != 0, odd k, blocksize 32) decode tiles with the portable decoder below.
 // Every output element is summed by one thread in a fixed order: results do not depend on
 // the thread count.
@@ -27,7 +28,8 @@ using namespace qk;
 
 constexpr int64_t kTileRows = 48;   // weight rows per decoded tile (a multiple of the dot kernel's 3)
 constexpr int64_t kTileCols = 256;  // columns per tile: 48 x 256 floats = 48 KiB, L2-resident
-constexpr int64_t kTileLd = kTileCols + 16;  // row pitch: a 1 KiB pitch maps a tile column onto 4 L1 sets
+constexpr int64_t kTileLd = kTileCols + 16;
+constexpr int64_t kBandRows = 10 * kTileRows;  // input gradient, few rows: W rows per partial sum  // row pitch: a 1 KiB pitch maps a tile column onto 4 L1 sets
 constexpr float kTable[16] = QK_NF4_TABLE;
 
 const nf4mm::Kernels& kernels() {
@@ -201,17 +203,48 @@ void input_grad_cpu(const qk_tensor* dy, const Weights& w, const qk_tensor* dx) 
     g = dy32.data();
   }
   std::vector<float> accq((size_t)(m * kp), 0.0f);
-  parallel_for(ceil_div(kp, kTileCols), 1, [&](int64_t t0, int64_t t1) {
-    std::vector<float> tile((size_t)(kTileRows * kTileLd));
-    for (int64_t t = t0; t < t1; t++) {
-      const int64_t k0 = t * kTileCols, klen = std::min(kTileCols, kp - k0);
-      for (int64_t n0 = 0; n0 < n; n0 += kTileRows) {
-        const int64_t n1 = std::min(n, n0 + kTileRows);
-        w.decode(kern, n0, n1, k0, klen, tile.data());
-        kern.axpy(g + n0, n, m, tile.data(), kTileLd, n1 - n0, klen, accq.data() + k0, kp);
+  if (m <= nf4mm::kGemvMaxRows) {
+    // Few rows: stream W in bands of whole rows (sequential reads, few pages), each band
+    // summing into its own partial dx; the partials are added in band order, so the result
+    // does not depend on the thread count. (A k-split would read every row in 128-byte
+    // pieces per pass: TLB- and DRAM-page-bound.)
+    const int64_t bands = ceil_div(n, kBandRows);
+    std::vector<float> partial((size_t)(bands * m * kp), 0.0f);
+    parallel_for(bands, 1, [&](int64_t b0, int64_t b1) {
+      std::vector<float> tile((size_t)(kTileRows * kTileLd));
+      for (int64_t b = b0; b < b1; b++) {
+        float* acc = partial.data() + b * m * kp;
+        for (int64_t n0 = b * kBandRows; n0 < std::min(n, (b + 1) * kBandRows); n0 += kTileRows) {
+          const int64_t n1 = std::min({n, n0 + kTileRows, (b + 1) * kBandRows});
+          for (int64_t k0 = 0; k0 < kp; k0 += kTileCols) {
+            const int64_t klen = std::min(kTileCols, kp - k0);
+            w.decode(kern, n0, n1, k0, klen, tile.data());
+            kern.axpy(g + n0, n, m, tile.data(), kTileLd, n1 - n0, klen, acc + k0, kp);
+          }
+        }
       }
-    }
-  });
+    });
+    parallel_for(m * kp, 1 << 14, [&](int64_t e0, int64_t e1) {
+      for (int64_t b = 0; b < bands; b++) {
+        const float* p = partial.data() + b * m * kp;
+        for (int64_t e = e0; e < e1; e++) accq[e] += p[e];
+      }
+    });
+  } else {
+    // Many rows: threads split k; each decoded tile serves all m rows, so the strided reads of W
+    // are amortized over enough arithmetic.
+    parallel_for(ceil_div(kp, kTileCols), 1, [&](int64_t t0, int64_t t1) {
+      std::vector<float> tile((size_t)(kTileRows * kTileLd));
+      for (int64_t t = t0; t < t1; t++) {
+        const int64_t k0 = t * kTileCols, klen = std::min(kTileCols, kp - k0);
+        for (int64_t n0 = 0; n0 < n; n0 += kTileRows) {
+          const int64_t n1 = std::min(n, n0 + kTileRows);
+          w.decode(kern, n0, n1, k0, klen, tile.data());
+          kern.axpy(g + n0, n, m, tile.data(), kTileLd, n1 - n0, klen, accq.data() + k0, kp);
+        }
+      }
+    });
+  }
   int inverse[64];
   for (int q = 0; q < 64; q++) inverse[kern.perm64[q]] = q;
   parallel_for(m, std::max<int64_t>(1, 16384 / std::max<int64_t>(k, 1)), [&](int64_t r0, int64_t r1) {

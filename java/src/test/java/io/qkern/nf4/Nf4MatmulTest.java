@@ -157,15 +157,23 @@ class Nf4MatmulTest {
     void resultsDoNotDependOnTheThreadCount() {
         SplittableRandom rnd = new SplittableRandom(7);
         int threads = Qkern.info().cpuThreads();
-        try (Weight w = Weight.random(new Shape(200, 640, 64, false), rnd);
-                Tensor x = tensor(values(5 * 640, DType.F32, rnd), DType.F32, 5, 640)) {
-            float[] all = Nf4Matmul.forward(x, w.q, w.absmax, null, DType.F32).toFloatArray();
-            Qkern.setCpuThreads(1);
-            try {
-                float[] one = Nf4Matmul.forward(x, w.q, w.absmax, null, DType.F32).toFloatArray();
-                assertTrue(java.util.Arrays.equals(all, one), "1 thread and " + threads + " threads differ");
-            } finally {
-                Qkern.setCpuThreads(threads);
+        // 1000 rows: several bands of the few-row input gradient; m = 5 (GEMV, bands) and 40 (tiled)
+        try (Weight w = Weight.random(new Shape(1000, 640, 64, false), rnd)) {
+            for (int m : new int[] {5, 40}) {
+                try (Tensor x = tensor(values(m * 640, DType.F32, rnd), DType.F32, m, 640);
+                        Tensor dy = tensor(values(m * 1000, DType.F32, rnd), DType.F32, m, 1000)) {
+                    float[] y = Nf4Matmul.forward(x, w.q, w.absmax, null, DType.F32).toFloatArray();
+                    float[] dx = Nf4Matmul.inputGrad(dy, w.q, w.absmax, DType.F32).toFloatArray();
+                    Qkern.setCpuThreads(1);
+                    try {
+                        assertTrue(java.util.Arrays.equals(y, Nf4Matmul.forward(x, w.q, w.absmax, null, DType.F32)
+                                .toFloatArray()), "forward m=" + m + ": 1 thread and " + threads + " threads differ");
+                        assertTrue(java.util.Arrays.equals(dx, Nf4Matmul.inputGrad(dy, w.q, w.absmax, DType.F32)
+                                .toFloatArray()), "input grad m=" + m + ": 1 thread and " + threads + " threads differ");
+                    } finally {
+                        Qkern.setCpuThreads(threads);
+                    }
+                }
             }
         }
     }
