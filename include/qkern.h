@@ -160,8 +160,11 @@ QK_API qk_status qk_nf4_double_dequantize(const qk_tensor* codes, const qk_tenso
  * absmax[i / blocksize] (F32; decode double-quantized absmax first). Any n, k, blocksize:
  * rows may start mid-byte and blocks may straddle rows.
  * W[n, k] means fp32(NF4[code] * absmax): exactly what qk_nf4_dequantize writes as F32.
- * Products and sums are float32 (the order of summation is the kernel's, so results match a
- * dense F32 matmul over the dequantized weights to float32 rounding, not bit for bit).
+ * CPU, and CUDA for m <= 16: products and sums are float32 (the order of summation is the
+ * kernel's, so results match a dense F32 matmul over the dequantized weights to float32
+ * rounding, not bit for bit). CUDA for m > 16 runs on tensor cores: F16/BF16 activations meet
+ * W rounded to their dtype; F32 activations use a three-product bf16 split (about 2^-14
+ * relative error per product); sums are float32. (The CUDA kernels have never run on a GPU.)
  */
 
 /**
