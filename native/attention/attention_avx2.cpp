@@ -130,12 +130,17 @@ void page_tile(const void* k, const void* v, const int64_t* k_rows, const int64_
     __m256 dot[8];
     for (int j = 0; j < 8; j++) dot[j] = _mm256_setzero_ps();
     for (int d = 0; d < D; d += 8) {
-      for (int tt = 0; tt < TT; tt++) {
-        // a token past the page's end re-reads the last valid row; its score is masked below
-        const int64_t row = k_rows[t + tt < tokens ? t + tt : tokens - 1] + head_off;
-        const __m256 kv = load8<DT>(k, row + d);
-        for (int g = 0; g < GT; g++)
-          dot[tt * GT + g] = _mm256_fmadd_ps(_mm256_loadu_ps(q + g * D + d), kv, dot[tt * GT + g]);
+      if constexpr (GT <= 4) {  // q chunks in registers, reused by the TT tokens (one load each)
+        __m256 qr[GT];
+        for (int g = 0; g < GT; g++) qr[g] = _mm256_loadu_ps(q + g * D + d);
+        for (int tt = 0; tt < TT; tt++) {
+          // a token past the tile's end re-reads the last valid row; its score is masked below
+          const __m256 kv = load8<DT>(k, k_rows[t + tt < tokens ? t + tt : tokens - 1] + head_off + d);
+          for (int g = 0; g < GT; g++) dot[tt * GT + g] = _mm256_fmadd_ps(qr[g], kv, dot[tt * GT + g]);
+        }
+      } else {  // TT = 1; q comes from L1 as the FMA's memory operand (registers are all taken)
+        const __m256 kv = load8<DT>(k, k_rows[t < tokens ? t : tokens - 1] + head_off + d);
+        for (int g = 0; g < GT; g++) dot[g] = _mm256_fmadd_ps(_mm256_loadu_ps(q + g * D + d), kv, dot[g]);
       }
     }
     __m256 sc = _mm256_mul_ps(transpose_sum8(dot), vscale);
