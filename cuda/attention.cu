@@ -7,14 +7,13 @@
 // (native/attention/) are the tested reference; the merge math is shared with them
 // (native/common/attention.h).
 //
-// Decode: one CTA per (sequence, KV head, partition). The CTA keeps its query group (scaled by
-// nothing; scores are scaled after the dot product, as on the CPU) and the group's unnormalized
-// output in shared memory, walks its pages in chunks of kChunk tokens (scores by warps, an
+// Decode: one CTA per (sequence, KV head, partition). The CTA keeps its query group and the
+// group's unnormalized output in shared memory (scores are scaled after the dot product, as on
+// the CPU), walks its pages in chunks of kChunk tokens (scores by warps, an
 // online-softmax update per query head, then V accumulated per (head, d) pair), and writes a
 // normalized partial (out, lse). Split sequences are folded by a second kernel with the shared
 // merge rule. Page ids and lengths live in device memory, so the kernels check them: a bad one
 // raises a flag, the CTA skips the read, and the launcher synchronizes to report the error.
-#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 #include <math.h>
 

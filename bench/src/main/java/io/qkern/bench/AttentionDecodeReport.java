@@ -42,10 +42,16 @@ public final class AttentionDecodeReport {
     /** One group of JMH runs: fixed params plus lists. */
     record Group(String name, Map<String, String[]> params) {}
 
-    record Row(int batch, int context, String heads, int blockSize, String dtype, String layout, long kvBytes,
+    record Row(int group, int batch, int context, String heads, int blockSize, String dtype, String layout, long kvBytes,
             double seconds, double secondsMin, double secondsMax, double probeAdjacent, double otherCores) {
         double gbps() {
             return kvBytes / seconds / 1e9;
+        }
+
+        /** Arithmetic the call must do: a multiply-add per query head per K element and per V element. */
+        double gflops() {
+            int[] h = AttentionDecodeBenchmark.parseHeads(heads);
+            return 4.0 * batch * context * h[0] * AttentionDecodeBenchmark.HEAD_DIM / seconds / 1e9;
         }
 
         String key() {
@@ -65,7 +71,7 @@ public final class AttentionDecodeReport {
                     "dtype", "BF16,F32", "layout", "paged,dense")));
         }
         g.add(new Group("block size", params("batch", "4", "context", "4096", "heads", "32x8",
-                "blockSize", "8,32,128,256", "dtype", "BF16", "layout", "paged")));
+                "blockSize", "8,32,128,256", "dtype", "BF16", "layout", "paged,dense")));
         g.add(new Group("batch x context", params("batch", "1", "context", "16384", "heads", "32x8", "blockSize", "16",
                 "dtype", "BF16", "layout", "paged,dense")));
         g.add(new Group("batch x context", params("batch", "16", "context", "1024", "heads", "32x8", "blockSize", "16",
@@ -99,7 +105,9 @@ public final class AttentionDecodeReport {
         try (Tensor buf = Tensor.allocate(DType.U8, Device.CPU, 512L << 20)) {
             buf.fillBytes(1);
             double before = probe(buf, probes, patterns);
-            for (Group g : plan(quick)) {
+            List<Group> groups = plan(quick);
+            for (int gi = 0; gi < groups.size(); gi++) {
+                Group g = groups.get(gi);
                 Nf4DequantReport.CpuSample a = Nf4DequantReport.CpuSample.now();
                 ChainedOptionsBuilder o = new OptionsBuilder().include(BENCH).shouldFailOnError(true);
                 if (quick) {
@@ -111,7 +119,12 @@ public final class AttentionDecodeReport {
                 double other = Nf4DequantReport.CpuSample.otherCores(a, Nf4DequantReport.CpuSample.now());
                 double after = probe(buf, probes, patterns);
                 for (RunResult r : results) {
-                    rows.add(row(r, (before + after) / 2, other));
+                    Row row = row(gi, r, (before + after) / 2, other);
+                    // the dense layout ignores blockSize: one dense row per group is enough
+                    if (!row.layout().equals("dense") || rows.stream().noneMatch(x -> x.group() == row.group()
+                            && x.layout().equals("dense") && x.key().equals(row.key()))) {
+                        rows.add(row);
+                    }
                 }
                 before = after;
             }
@@ -141,7 +154,7 @@ public final class AttentionDecodeReport {
         return got[got.length / 2];
     }
 
-    static Row row(RunResult r, double probeAdjacent, double otherCores) {
+    static Row row(int group, RunResult r, double probeAdjacent, double otherCores) {
         var prm = r.getParams();
         int batch = Integer.parseInt(prm.getParam("batch"));
         int context = Integer.parseInt(prm.getParam("context"));
@@ -153,7 +166,7 @@ public final class AttentionDecodeReport {
         long bytes = 2L * batch * context * h[1] * AttentionDecodeBenchmark.HEAD_DIM * DType.valueOf(dtype).byteSize();
         var stats = r.getPrimaryResult().getStatistics();
         double toSec = r.getPrimaryResult().getScoreUnit().startsWith("ms") ? 1e-3 : 1e-6;
-        return new Row(batch, context, heads, bs, dtype, layout, bytes, stats.getPercentile(50) * toSec,
+        return new Row(group, batch, context, heads, bs, dtype, layout, bytes, stats.getPercentile(50) * toSec,
                 stats.getMin() * toSec, stats.getMax() * toSec, probeAdjacent, otherCores);
     }
 
@@ -161,7 +174,9 @@ public final class AttentionDecodeReport {
         if (!r.layout().equals("paged")) {
             return null;
         }
-        return rows.stream().filter(x -> x.layout().equals("dense") && x.key().equals(r.key())).findFirst().orElse(null);
+        // the dense row measured in the same group (same minutes of a shared machine)
+        return rows.stream().filter(x -> x.group() == r.group() && x.layout().equals("dense") && x.key().equals(r.key()))
+                .findFirst().orElse(null);
     }
 
     static String jsonLine(Row r, double probe, String pattern, Row dense, boolean quick) {
@@ -170,10 +185,11 @@ public final class AttentionDecodeReport {
                         + "\"batch\":%d,\"context\":%d,\"heads\":\"%s\",\"head_dim\":%d,\"block_size\":%d,"
                         + "\"dtype\":\"%s\",\"layout\":\"%s\",\"kv_bytes\":%d,\"seconds\":%.6e,\"seconds_min\":%.6e,"
                         + "\"seconds_max\":%.6e,\"gbps\":%.3f,\"pct_of_probe\":%.1f,\"probe_gbps\":%.2f,"
-                        + "\"probe_pattern\":\"%s\",\"probe_gbps_adjacent\":%.2f,\"other_processes_cores\":%.2f",
+                        + "\"probe_pattern\":\"%s\",\"probe_gbps_adjacent\":%.2f,\"other_processes_cores\":%.2f,"
+                        + "\"gflops\":%.1f",
                 Qkern.cpuPath(), Qkern.cpuThreads(), r.batch(), r.context(), r.heads(), AttentionDecodeBenchmark.HEAD_DIM,
                 r.blockSize(), r.dtype(), r.layout(), r.kvBytes(), r.seconds(), r.secondsMin(), r.secondsMax(),
-                r.gbps(), 100 * r.gbps() / probe, probe, pattern, r.probeAdjacent(), r.otherCores()));
+                r.gbps(), 100 * r.gbps() / probe, probe, pattern, r.probeAdjacent(), r.otherCores(), r.gflops()));
         if (dense != null) {
             s.append(String.format(Locale.ROOT, ",\"dense_seconds\":%.6e,\"paged_over_dense_throughput\":%.3f",
                     dense.seconds(), dense.seconds() / r.seconds()));
@@ -209,24 +225,27 @@ public final class AttentionDecodeReport {
                 + "sequence's KV contiguous ([B, T, Hkv, D], the non-paged layout), read by the same kernel through an "
                 + "identity table of 256-token blocks (the dense baseline).\n\n");
         m.append("| batch | context | Hq x Hkv | block | dtype | layout | KV MiB | ms | GB/s | % of probe | "
-                + "paged / dense throughput | other procs (cores) |\n");
-        m.append("|---:|---:|---|---:|---|---|---:|---:|---:|---:|---:|---:|\n");
+                + "paged / dense throughput | GFLOP/s | other procs (cores) |\n");
+        m.append("|---:|---:|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|\n");
         for (Row r : rows) {
             Row d = dense(rows, r);
-            m.append(String.format(Locale.ROOT, "| %d | %d | %s | %d | %s | %s | %.0f | %.3f | %.2f | %.0f%% | %s | %.2f |%n",
+            m.append(String.format(Locale.ROOT, "| %d | %d | %s | %d | %s | %s | %.0f | %.3f | %.2f | %.0f%% | %s | %.0f | %.2f |%n",
                     r.batch(), r.context(), r.heads(), r.blockSize(), r.dtype(), r.layout(), r.kvBytes() / 1048576.0,
                     r.seconds() * 1e3, r.gbps(), 100 * r.gbps() / probe,
-                    d == null ? "" : String.format(Locale.ROOT, "%.2f", d.seconds() / r.seconds()), r.otherCores()));
+                    d == null ? "" : String.format(Locale.ROOT, "%.2f", d.seconds() / r.seconds()), r.gflops(),
+                    r.otherCores()));
         }
         m.append("""
 
                 Notes
                 - Targets (issue 6): decode >= 50% of the probe on KV bytes at >= 32 MiB of KV; paged within 10% of
                   dense (paged / dense throughput >= 0.90).
-                - The kernel is compute-bound where the query group is large: per KV element it does `group` FMAs
-                  for the scores and `group` for V (8 for 64x8), and with BF16 each element is also widened; F32 KV
-                  halves the arithmetic per byte. On AVX2 (no AVX-512 on this machine) 2 cores give about 100 GFMA/s
-                  at most.
+                - Arithmetic per KV byte grows with the query group (Hq / Hkv): every K element takes part in
+                  `group` multiply-adds for the scores and every V element in `group` for the output, so one
+                  decode call does 4 * B * T * Hq * D flops (the GFLOP/s column). With BF16 KV and groups of 4-8
+                  that is 4-8 flops per byte read: at 50% of a ~30-50 GB/s probe it would need 60-200 GFLOP/s of
+                  FP32 FMA from two AVX2 cores (peak 2 x 8 lanes x 2 flops x 2 FMA ports per cycle and core), so
+                  these rows are bound by arithmetic, not memory; MHA (40x40, group 1) and F32 KV are memory-bound.
                 - AVX-512 code is compiled but could not run here (this CPU has no AVX-512).
                 """);
         return m.toString();
