@@ -90,7 +90,8 @@ inline void accumulate_v(const void* v, const int64_t* v_rows, int64_t head_off,
 constexpr int kTile = 64;
 
 // Rows of the next tile to pull toward the cache while this one runs: row i spans
-// [rows[i], rows[i] + row_bytes) of K (and of V at v_rows[i]), all KV heads of one token.
+// [rows[i], rows[i] + row_bytes) of K (and of V at v_rows[i]), all KV heads of one token. A
+// cursor walks the slice a few lines per step (no division per line: this runs in the hot loop).
 struct Prefetch {
   const char* k;
   const char* v;
@@ -98,15 +99,20 @@ struct Prefetch {
   const int64_t* v_rows;
   int first, count;       // the slice of rows this call prefetches
   int64_t row_bytes;
+  int row = 0;            // cursor: current row of the slice and byte offset in it
+  int64_t line = 0;
 };
 
-// Prefetches part `step` of `steps` equal parts of the slice, one prefetch per cache line.
-inline void prefetch_part(const Prefetch& pf, int64_t step, int64_t steps) {
-  const int64_t lines_per_row = (pf.row_bytes + 63) / 64, total = pf.count * lines_per_row;
-  for (int64_t i = total * step / steps; i < total * (step + 1) / steps; i++) {
-    const int64_t row = pf.first + i / lines_per_row, line = (i % lines_per_row) * 64;
-    _mm_prefetch(pf.k + pf.k_rows[row] + line, _MM_HINT_T0);
-    _mm_prefetch(pf.v + pf.v_rows[row] + line, _MM_HINT_T0);
+// Prefetches the next `lines` cache lines of the slice.
+inline void prefetch_lines(Prefetch& pf, int64_t lines) {
+  for (; lines > 0 && pf.row < pf.count; lines--) {
+    _mm_prefetch(pf.k + pf.k_rows[pf.first + pf.row] + pf.line, _MM_HINT_T0);
+    _mm_prefetch(pf.v + pf.v_rows[pf.first + pf.row] + pf.line, _MM_HINT_T0);
+    pf.line += 64;
+    if (pf.line >= pf.row_bytes) {
+      pf.line = 0;
+      pf.row++;
+    }
   }
 }
 
@@ -119,14 +125,15 @@ inline void prefetch_part(const Prefetch& pf, int64_t step, int64_t steps) {
 template <int DT, int GT>
 void page_tile(const void* k, const void* v, const int64_t* k_rows, const int64_t* v_rows, int64_t head_off,
                int64_t tokens, int D, const float* q, float scale, float* p, float* m, float* l, float* acc,
-               const Prefetch& pf) {
+               Prefetch& pf) {
   constexpr bool kLanesAreHeads = 8 % GT == 0;  // lane j of an 8-float chunk of p is head j % GT
   constexpr int TT = kLanesAreHeads ? 8 / GT : 1;
   const __m256 vscale = _mm256_set1_ps(scale);
   const int64_t steps = (tokens + TT - 1) / TT;
+  const int64_t lines_per_step = (pf.count * ((pf.row_bytes + 63) / 64) + steps - 1) / steps;
   for (int64_t step = 0; step < steps; step++) {
     const int64_t t = step * TT;
-    if (pf.count) prefetch_part(pf, step, steps);
+    if (pf.count) prefetch_lines(pf, lines_per_step);
     __m256 dot[8];
     for (int j = 0; j < 8; j++) dot[j] = _mm256_setzero_ps();
     for (int d = 0; d < D; d += 8) {
@@ -217,22 +224,26 @@ void page_tile(const void* k, const void* v, const int64_t* k_rows, const int64_
 
 template <int DT>
 void page_tiles(const CacheView& c, const int64_t* k_rows, const int64_t* v_rows, int64_t head_off, int64_t tokens,
-                const float* q, int group, float scale, float* s, float* m, float* l, float* acc, const Prefetch& pf) {
+                const float* q, int group, float scale, float* s, float* m, float* l, float* acc, Prefetch& pf) {
   const int D = c.head_dim;
   Prefetch none = pf;
   none.count = 0;
-  for (int g0 = 0; g0 < group; g0 += 8) {
-    const int gt = group - g0 < 8 ? group - g0 : 8;
+  // Tiles of at most 4 heads: with 4 (2 tokens per step, q in registers; 2 output chunks per V
+  // pass) there are 0.75 loads per FMA, with 8 heads 1.125 (q and the probabilities come from L1
+  // for every FMA), and the loads, not the FMAs, would set the pace. A group of 8 reads each row
+  // twice, the second time from cache.
+  for (int g0 = 0; g0 < group; g0 += 4) {
+    const int gt = group - g0 < 4 ? group - g0 : 4;
     const float* qt = q + (int64_t)g0 * D;
     float* at = acc + (int64_t)g0 * D;
     // only the first tile prefetches: later tiles of a large group find the rows in cache
-    const Prefetch& tile_pf = g0 == 0 ? pf : none;
+    Prefetch& tile_pf = g0 == 0 ? pf : none;
 #define QK_TILE(N)                                                                                               \
   case N:                                                                                                        \
     page_tile<DT, N>(c.k, c.v, k_rows, v_rows, head_off, tokens, D, qt, scale, s, m + g0, l + g0, at, tile_pf); \
     break;
     switch (gt) {
-      QK_TILE(1) QK_TILE(2) QK_TILE(3) QK_TILE(4) QK_TILE(5) QK_TILE(6) QK_TILE(7) QK_TILE(8)
+      QK_TILE(1) QK_TILE(2) QK_TILE(3) QK_TILE(4)
     }
 #undef QK_TILE
   }
@@ -282,7 +293,7 @@ void decode_avx2(const CacheView& c, const int32_t* pages, int64_t num_pages, in
       float* m = acc + (int64_t)padded * D;
       float* l = m + padded;
       const int first = (int)(next_n * kvh / kv_heads), last = (int)(next_n * (kvh + 1) / kv_heads);
-      const Prefetch pf{(const char*)c.k, (const char*)c.v, next_k, next_v, first, last - first, c.token_stride * es};
+      Prefetch pf{(const char*)c.k, (const char*)c.v, next_k, next_v, first, last - first, c.token_stride * es};
       const float* qh = q + (int64_t)kvh * group * D;
       const int64_t head_off = (int64_t)kvh * D;
       switch (c.dtype) {
