@@ -168,6 +168,21 @@ QK_API qk_status qk_dlpack_import(DLManagedTensorVersioned* managed, uint32_t fl
 /** Calls managed->deleter(managed) if both are non-NULL: ends a consumer's use of a tensor. */
 QK_API void qk_dlpack_release(DLManagedTensorVersioned* managed);
 
+/** A qk_dlpack_release_fn that frees host memory from qk_malloc: qk_free(QK_DEVICE_CPU, 0, context). */
+QK_API void qk_dlpack_free_host(void* context);
+
+/**
+ * For Python bindings (ctypes, cffi): a PyCapsule destructor for capsules named
+ * "dltensor_versioned" that hold a DLManagedTensorVersioned*. When no consumer took the capsule
+ * (it still has that name) it calls the tensor's deleter; a consumed capsule is left alone.
+ * Python calls a capsule destructor with an exception possibly pending (a consumer that refused
+ * the tensor), when Python code cannot run, so the destructor has to be C: this one finds
+ * PyCapsule_IsValid and PyCapsule_GetPointer in the running process (dlsym), neither of which
+ * touches the error state, and does nothing when no Python runtime is loaded. Pass its address
+ * to PyCapsule_New.
+ */
+QK_API void qk_dlpack_capsule_destructor(void* capsule);
+
 #ifdef __cplusplus
 }
 #endif

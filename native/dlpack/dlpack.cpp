@@ -2,6 +2,7 @@
 // owner, and imports checked field by field before any qkern kernel sees the memory.
 #include "qkern_dlpack.h"
 
+#include <dlfcn.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
@@ -279,6 +280,19 @@ QK_API qk_status qk_dlpack_import(DLManagedTensorVersioned* managed, uint32_t fl
 
 QK_API void qk_dlpack_release(DLManagedTensorVersioned* managed) {
   if (managed && managed->deleter) managed->deleter(managed);
+}
+
+QK_API void qk_dlpack_free_host(void* context) { qk_free(QK_DEVICE_CPU, 0, context); }
+
+QK_API void qk_dlpack_capsule_destructor(void* capsule) {
+  using IsValid = int (*)(void*, const char*);
+  using GetPointer = void* (*)(void*, const char*);
+  // Looked up per call (cheap next to a tensor's life) so a runtime loaded later is still found.
+  IsValid is_valid = reinterpret_cast<IsValid>(dlsym(RTLD_DEFAULT, "PyCapsule_IsValid"));
+  GetPointer get_pointer = reinterpret_cast<GetPointer>(dlsym(RTLD_DEFAULT, "PyCapsule_GetPointer"));
+  if (!capsule || !is_valid || !get_pointer) return;
+  static const char kName[] = "dltensor_versioned";
+  if (is_valid(capsule, kName)) qk_dlpack_release(static_cast<DLManagedTensorVersioned*>(get_pointer(capsule, kName)));
 }
 
 }  // extern "C"
