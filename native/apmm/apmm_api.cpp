@@ -133,15 +133,13 @@ struct Operand {
   int32_t format, bits;
 };
 
-// The exact code product of segment s from the unsigned-code product `uu`, and the final
-// value of one output element.
+// Turns a tile's unsigned-code products into output elements (math in common/apmm.h).
 struct Epilogue {
   Operand a, w;
   int64_t k, group, segs;
   const qk_tensor* out;
 
   void store(int64_t m, int64_t n, const int32_t* uu, int64_t u_stride, int64_t int8_shift) const {
-    const int64_t aa = alpha(a.format), ba = beta(a.format, a.bits), aw = alpha(w.format), bw = beta(w.format, w.bits);
     const int64_t N = out->shape[1];
     int64_t total = 0;
     double y = 0.0;
@@ -149,42 +147,23 @@ struct Epilogue {
       const int64_t len = group == 0 ? k : std::min(k, (s + 1) * group) - s * group;
       const int64_t sa = a.sums[m * segs + s], sw = w.sums[n * segs + s];
       const int64_t uprod = (int64_t)uu[s * u_stride] + int8_shift * sa;
-      const int64_t d = aa * aw * uprod + aa * bw * sa + ba * aw * sw + len * ba * bw;
+      const int64_t d = segment_product(a.format, a.bits, w.format, w.bits, uprod, sa, sw, len);
       if (out->dtype == QK_I32) {
         total += d;
         continue;
       }
       const int64_t ia = a.per_segment ? m * segs + s : m, iw = w.per_segment ? n * segs + s : n;
       const int64_t za = a.zeros ? a.zeros[ia] : 0, zw = w.zeros ? w.zeros[iw] : 0;
-      const int64_t e = d - zw * (aa * sa + ba * len) - za * (aw * sw + bw * len) + len * za * zw;
+      const int64_t e = segment_centered(a.format, a.bits, w.format, w.bits, d, sa, sw, len, za, zw);
       y += (double)a.scales[ia] * (double)w.scales[iw] * (double)e;
     }
     const int64_t at = m * N + n;
     switch (out->dtype) {
       case QK_I32: static_cast<int32_t*>(out->data)[at] = (int32_t)total; break;
       case QK_F32: static_cast<float*>(out->data)[at] = (float)y; break;
-      case QK_F16: static_cast<uint16_t*>(out->data)[at] = f32_to_f16_from_double(y); break;
-      default: static_cast<uint16_t*>(out->data)[at] = f32_to_bf16_from_double(y); break;
+      case QK_F16: static_cast<uint16_t*>(out->data)[at] = f32_to_f16(round_to_odd_f32(y)); break;
+      default: static_cast<uint16_t*>(out->data)[at] = f32_to_bf16(round_to_odd_f32(y)); break;
     }
-  }
-
-  // float64 -> binary16 / bfloat16 in one rounding: via float32 would round twice.
-  static uint16_t f32_to_f16_from_double(double y) { return qk::f32_to_f16(round_to_odd_f32(y)); }
-  static uint16_t f32_to_bf16_from_double(double y) { return qk::f32_to_bf16(round_to_odd_f32(y)); }
-  // Rounding to float32 with round-to-odd keeps enough information (29 > 11+2 and 8+2 bits)
-  // for the following round-to-nearest-even to 16 bits to equal a direct rounding.
-  static float round_to_odd_f32(double y) {
-    float f = (float)y;  // nearest
-    if ((double)f == y || f != f || f == 0.0f) return f;  // exact, NaN, or below every 16-bit subnormal
-    uint32_t bits;
-    memcpy(&bits, &f, 4);
-    if ((bits & 1u) == 0) {  // even result of an inexact rounding: step toward y to the odd neighbour
-      const bool away = ((double)f > y) == (f > 0.0f);  // |f| > |y|
-      bits = away ? bits - 1 : bits + 1;
-      if ((bits & 0x7f800000u) == 0x7f800000u) bits -= 1;  // stay finite below the overflow threshold
-      memcpy(&f, &bits, 4);
-    }
-    return f;
   }
 };
 

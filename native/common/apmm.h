@@ -81,4 +81,36 @@ QK_HD int32_t quantize_value(int32_t format, int32_t bits, float x, float scale,
   return (int32_t)c;
 }
 
+// The exact code product of one segment of `len` columns from the unsigned-code product
+// uprod = sum u_a*u_w and the segment's code sums sa = sum u_a, sw = sum u_w:
+// sum (alpha_a u_a + beta_a)(alpha_w u_w + beta_w).
+QK_HD int64_t segment_product(int32_t a_format, int32_t a_bits, int32_t w_format, int32_t w_bits, int64_t uprod,
+                              int64_t sa, int64_t sw, int64_t len) {
+  const int64_t aa = alpha(a_format), ba = beta(a_format, a_bits), aw = alpha(w_format), bw = beta(w_format, w_bits);
+  return aa * aw * uprod + aa * bw * sa + ba * aw * sw + len * ba * bw;
+}
+
+// The same segment with zero points za, zw: sum (x_a - za)(x_w - zw), exact.
+QK_HD int64_t segment_centered(int32_t a_format, int32_t a_bits, int32_t w_format, int32_t w_bits, int64_t d,
+                               int64_t sa, int64_t sw, int64_t len, int64_t za, int64_t zw) {
+  const int64_t va = alpha(a_format) * sa + beta(a_format, a_bits) * len;  // sum of x_a
+  const int64_t vw = alpha(w_format) * sw + beta(w_format, w_bits) * len;
+  return d - zw * va - za * vw + len * za * zw;
+}
+
+// float64 -> float32 rounded to odd: a following round-to-nearest-even to binary16 or
+// bfloat16 then equals a direct rounding of the float64 (float32 keeps > 2 extra bits).
+QK_HD float round_to_odd_f32(double y) {
+  float f = (float)y;
+  if ((double)f == y || f != f || f == 0.0f) return f;  // exact, NaN, or below every 16-bit subnormal
+  uint32_t bits = f32_bits(f);
+  if ((bits & 1u) == 0) {  // the nearest float is even: take its neighbour on the other side of y
+    const bool away = ((double)f > y) == (f > 0.0f);  // |f| > |y|
+    bits = away ? bits - 1 : bits + 1;
+    if ((bits & 0x7f800000u) == 0x7f800000u) bits -= 1;
+    f = bits_f32(bits);
+  }
+  return f;
+}
+
 }  // namespace qk::apmm
