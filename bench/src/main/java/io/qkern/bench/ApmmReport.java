@@ -182,6 +182,9 @@ public final class ApmmReport {
                 + " Dense baseline: OpenBLAS cblas_sgemm (system libopenblas.so.0, F32)%s.%n%n",
                 Instant.now().truncatedTo(ChronoUnit.SECONDS), backend, threads, Qkern.info().cpuFeatures(), probe,
                 pattern, before, after, sgemm.isEmpty() ? " - not installed, not measured" : ""));
+        md.append("Rows are measured one after another; on a shared machine the load changes between them. The"
+                + " issue's targets are measured interleaved (every contender once per round) by"
+                + " `io.qkern.bench.ApmmTargets`: see `apmm-cpu-targets.md`.\n\n");
         md.append("## M = 1 (weight streaming)\n\n| K x N | W/A bits | path | us | packed W GB/s | % of probe |"
                 + " TOPS | sgemm time / APMM time |\n|---|---|---|---|---|---|---|---|\n");
         for (Row r : rows) {
