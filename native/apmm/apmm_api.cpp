@@ -40,11 +40,11 @@ const CpuKernels& kernels() {
 }
 
 // Bit-serial costs p*q AND+popcount per 64 (AVX2: 256) columns; the int8 path one multiply-add
-// per column plus unpacking. Measured on the AVX2 machine (bench/results/apmm-cpu.md): bit-serial
-// wins up to p*q = 4 there; with VPOPCNTDQ against VNNI the break-even is the same or lower.
+// per column plus unpacking both operands (for few rows of A, unpacking W dominates). Measured on
+// the AVX2 machine (bench/results/apmm-cpu*.md): bit-serial wins up to p*q = 4 at M = 512, and up
+// to p*q = 8 (W1A8) at M = 1. The AVX-512 thresholds are the same (not measured: no such CPU here).
 bool prefer_bitserial(int p, int q, int64_t m) {
-  (void)m;
-  return p * q <= 4;
+  return p * q <= 4 || (m <= 4 && p * q <= 8);
 }
 
 qk_status check_format_bits(int32_t format, int32_t bits, const char* fn, const char* what) {
