@@ -160,8 +160,11 @@ QK_API qk_status qk_nf4_double_dequantize(const qk_tensor* codes, const qk_tenso
  * absmax[i / blocksize] (F32; decode double-quantized absmax first). Any n, k, blocksize:
  * rows may start mid-byte and blocks may straddle rows.
  * W[n, k] means fp32(NF4[code] * absmax): exactly what qk_nf4_dequantize writes as F32.
- * Products and sums are float32 (the order of summation is the kernel's, so results match a
- * dense F32 matmul over the dequantized weights to float32 rounding, not bit for bit).
+ * CPU, and CUDA for m <= 16: products and sums are float32 (the order of summation is the
+ * kernel's, so results match a dense F32 matmul over the dequantized weights to float32
+ * rounding, not bit for bit). CUDA for m > 16 runs on tensor cores: F16/BF16 activations meet
+ * W rounded to their dtype; F32 activations use a three-product bf16 split (about 2^-14
+ * relative error per product); sums are float32. (The CUDA kernels have never run on a GPU.)
  */
 
 /**
@@ -187,6 +190,14 @@ QK_API qk_status qk_nf4_matmul_input_grad(const qk_tensor* dy, const qk_tensor* 
  * "cuda-mma". A static string; never NULL.
  */
 QK_API const char* qk_nf4_matmul_path(int64_t m, int32_t device_kind, int32_t input_grad);
+
+/* ---- dense baseline ---------------------------------------------------------------- */
+/**
+ * Dense float32 y[m, n] = x[m, k] w[n, k]^T on the CPU (contiguous F32 tensors): what the NF4
+ * matmul is measured against, with the same tile kernels and no decode step. CUDA tensors get
+ * QK_ERR_UNSUPPORTED (cuBLAS is the dense baseline there).
+ */
+QK_API qk_status qk_matmul_f32(const qk_tensor* x, const qk_tensor* w, const qk_tensor* y, qk_stream stream);
 
 /* ---- measurement -------------------------------------------------------------------- */
 /**

@@ -104,7 +104,9 @@ class Pool {
     std::lock_guard<std::mutex> job(job_mutex_);
     stop_all();
     stop_ = false;
-    for (int i = 1; i < threads; i++) workers_.emplace_back([this, i] { loop(i); });
+    // New workers must not mistake the last finished job for a new one.
+    const uint64_t current = generation_;
+    for (int i = 1; i < threads; i++) workers_.emplace_back([this, i, current] { loop(i, current); });
   }
 
   void run(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& body) {
@@ -134,8 +136,7 @@ class Pool {
   int64_t chunk_begin(int64_t c) const { return n_ * c / chunks_; }
   int64_t chunk_end(int64_t c) const { return n_ * (c + 1) / chunks_; }
 
-  void loop(int index) {
-    uint64_t seen = 0;
+  void loop(int index, uint64_t seen) {
     for (;;) {
       const std::function<void(int64_t, int64_t)>* body;
       {

@@ -45,6 +45,9 @@ public final class Main {
               run OP IN OUT [--set key=value ...] [--device D]
                                                      run one kernel on named tensors of a .safetensors file
               run --list                             every op with its inputs, outputs and parameters
+              bench [SUITE ...] [--json] [--quick] [--device D]
+                                                     time the kernels beside this machine's read bandwidth
+                                                     (suites: `qkern bench --list`; default: all)
               demo [--dir D] [--keep]                generate a sample checkpoint, quantize and dequantize
                                                      it, print the error and the throughput
 
@@ -108,6 +111,7 @@ public final class Main {
             case "info" -> info(rest);
             case "nf4" -> nf4(rest);
             case "run" -> runOp(rest);
+            case "bench" -> bench(rest);
             case "demo" -> new Demo(out, err).run(Args.parse(rest, Set.of("--keep"), Set.of("--dir", "--device")));
             case "--version", "version" -> {
                 out.println(Qkern.info().libraryVersion());
@@ -191,6 +195,37 @@ public final class Main {
             }
             default -> throw new UsageException("unknown nf4 subcommand \"" + argv.get(0) + "\" (quantize, dequantize)");
         }
+    }
+
+    private int bench(List<String> argv) throws UsageException {
+        Args a = Args.parse(argv, Set.of("--json", "--quick", "--list"), Set.of("--device"));
+        if (a.flag("--list")) {
+            for (BenchSuite suite : BenchSuites.all()) {
+                out.printf(Locale.ROOT, "%-10s %s%n", suite.name(), suite.summary());
+            }
+            return 0;
+        }
+        List<BenchSuite> suites = new java.util.ArrayList<>();
+        for (String name : a.positional) {
+            suites.add(BenchSuites.find(name));
+        }
+        if (suites.isEmpty()) {
+            suites.addAll(BenchSuites.all());
+        }
+        Device device = device(a);
+        try (BenchContext ctx = new BenchContext(out, err, a.flag("--json"), a.flag("--quick"), device)) {
+            for (BenchSuite suite : suites) {
+                ctx.note("suite " + suite.name() + " on " + device + (a.flag("--quick") ? " (quick: not a result)" : ""));
+                try {
+                    suite.run(ctx);
+                } catch (RuntimeException e) {
+                    throw e;
+                } catch (Exception e) {
+                    throw new IllegalStateException("benchmark suite " + suite.name() + " failed: " + e, e);
+                }
+            }
+        }
+        return 0;
     }
 
     private Consumer<String> progress(Path in, Args a) throws IOException {

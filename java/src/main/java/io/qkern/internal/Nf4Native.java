@@ -29,7 +29,8 @@ public final class Nf4Native {
     }
 
     private final NativeLib lib;
-    private final MethodHandle nf4Quantize, nf4Dequantize, nf4DoubleQuantize, nf4DoubleDequantize;
+    private final MethodHandle nf4Quantize, nf4Dequantize, nf4DoubleQuantize, nf4DoubleDequantize, nf4Matmul,
+            nf4MatmulInputGrad, nf4MatmulPath, matmulF32;
 
     private Nf4Native(NativeLib lib) {
         this.lib = lib;
@@ -41,6 +42,12 @@ public final class Nf4Native {
                 ADDRESS, ADDRESS, ADDRESS, ADDRESS));
         nf4DoubleDequantize = lib.bind("qk_nf4_double_dequantize", FunctionDescriptor.of(JAVA_INT, ADDRESS, ADDRESS,
                 ADDRESS, JAVA_FLOAT, ADDRESS, ADDRESS));
+        nf4Matmul = lib.bind("qk_nf4_matmul", FunctionDescriptor.of(JAVA_INT, ADDRESS, ADDRESS, ADDRESS, JAVA_LONG,
+                ADDRESS, ADDRESS, ADDRESS));
+        nf4MatmulInputGrad = lib.bind("qk_nf4_matmul_input_grad", FunctionDescriptor.of(JAVA_INT, ADDRESS, ADDRESS,
+                ADDRESS, JAVA_LONG, ADDRESS, ADDRESS));
+        matmulF32 = lib.bind("qk_matmul_f32", FunctionDescriptor.of(JAVA_INT, ADDRESS, ADDRESS, ADDRESS, ADDRESS));
+        nf4MatmulPath = lib.bind("qk_nf4_matmul_path", FunctionDescriptor.of(ADDRESS, JAVA_LONG, JAVA_INT, JAVA_INT));
     }
 
     // ---- NF4 ------------------------------------------------------------------------------------
@@ -97,5 +104,48 @@ public final class Nf4Native {
             throw NativeLib.bug("qk_nf4_double_dequantize", t);
         }
         lib.check("qk_nf4_double_dequantize", st);
+    }
+
+    /** {@code bias} may be {@link MemorySegment#NULL}. */
+    public void nf4Matmul(MemorySegment x, MemorySegment packed, MemorySegment absmax, long blocksize,
+            MemorySegment bias, MemorySegment y, MemorySegment stream) {
+        int st;
+        try {
+            st = (int) nf4Matmul.invokeExact(x, packed, absmax, blocksize, bias, y, stream);
+        } catch (Throwable t) {
+            throw NativeLib.bug("qk_nf4_matmul", t);
+        }
+        lib.check("qk_nf4_matmul", st);
+    }
+
+    public void nf4MatmulInputGrad(MemorySegment dy, MemorySegment packed, MemorySegment absmax, long blocksize,
+            MemorySegment dx, MemorySegment stream) {
+        int st;
+        try {
+            st = (int) nf4MatmulInputGrad.invokeExact(dy, packed, absmax, blocksize, dx, stream);
+        } catch (Throwable t) {
+            throw NativeLib.bug("qk_nf4_matmul_input_grad", t);
+        }
+        lib.check("qk_nf4_matmul_input_grad", st);
+    }
+
+    public String nf4MatmulPath(long m, int deviceKind, boolean inputGrad) {
+        try {
+            MemorySegment p = (MemorySegment) nf4MatmulPath.invokeExact(m, deviceKind, inputGrad ? 1 : 0);
+            return p.reinterpret(256).getString(0);
+        } catch (Throwable t) {
+            throw NativeLib.bug("qk_nf4_matmul_path", t);
+        }
+    }
+
+    /** The dense float32 baseline (qk_matmul_f32). */
+    public void matmulF32(MemorySegment x, MemorySegment w, MemorySegment y, MemorySegment stream) {
+        int st;
+        try {
+            st = (int) matmulF32.invokeExact(x, w, y, stream);
+        } catch (Throwable t) {
+            throw NativeLib.bug("qk_matmul_f32", t);
+        }
+        lib.check("qk_matmul_f32", st);
     }
 }

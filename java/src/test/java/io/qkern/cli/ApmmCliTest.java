@@ -14,6 +14,7 @@ import io.qkern.DType;
 import io.qkern.Tensor;
 import io.qkern.apmm.ApmmFormat;
 import io.qkern.apmm.ApmmLinear;
+import io.qkern.io.Json;
 import java.io.IOException;
 import java.lang.foreign.MemorySegment;
 import java.lang.foreign.ValueLayout;
@@ -159,5 +160,27 @@ class ApmmCliTest {
         assertNotEquals(0, r.code());
         assertContains(r.err(), "group 48");
         assertContains(expect(0, "run", "--list").out(), "apmm.matmul", "apmm.linear");
+    }
+
+    @Test
+    void benchApmmJsonLinesCarryBitsPathAndTops() {
+        CliTest.Result r = expect(0, "bench", "apmm", "--quick", "--json", "--device", "cpu");
+        List<String> paths = new java.util.ArrayList<>();
+        for (String line : r.out().strip().split("\n")) {
+            @SuppressWarnings("unchecked")
+            Map<String, Object> row = (Map<String, Object>) Json.parse(line);
+            assertEquals(BenchCommandTest.FIELDS, row.keySet().stream().limit(BenchCommandTest.FIELDS.size()).toList(),
+                    line);
+            assertEquals("apmm_matmul", row.get("kernel"));
+            for (String f : List.of("m", "w_bits", "a_bits", "path", "tops")) {
+                assertTrue(row.containsKey(f), f + " in " + line);
+            }
+            assertTrue(((Number) row.get("tops")).doubleValue() > 0, line);
+            paths.add(row.get("w_bits") + "/" + row.get("requested") + "/" + row.get("path"));
+        }
+        assertEquals(3, paths.size(), r.out());
+        assertTrue(paths.get(1).startsWith("1/auto/") && paths.get(1).endsWith("bitserial"), paths.toString());
+        assertTrue(paths.get(2).startsWith("1/int8/") && paths.get(2).contains("int8"), paths.toString());
+        assertTrue(expect(0, "bench", "--list").out().contains("apmm "));
     }
 }
