@@ -209,6 +209,100 @@ QK_API qk_status qk_matmul_f32(const qk_tensor* x, const qk_tensor* w, const qk_
 QK_API qk_status qk_probe_read_bandwidth(const qk_tensor* buf, int32_t repetitions, double* gbps_out,
                                          char* best_pattern, int64_t best_pattern_len);
 
+
+/* ---- APMM (arbitrary-precision quantized matmul, bit-plane decomposition) ------------- */
+/*
+ * Code formats, p bits (1..8), chosen independently for the weights W and activations A:
+ *   QK_APMM_BIPOLAR   the odd integers in [-(2^p-1), 2^p-1]; bit b_i stands for -1/+1:
+ *                     x = sum_i (2 b_i - 1) 2^i
+ *   QK_APMM_SIGNED    two's complement integers in [-2^(p-1), 2^(p-1)-1]
+ *   QK_APMM_UNSIGNED  integers in [0, 2^p-1], optionally with an integer zero point
+ * Packed layout (what the matmul reads, the same on CPU and CUDA):
+ *   planes  U8 [rows, p, 8*kw] holding kw little-endian 64-bit words per plane (8-byte
+ *           aligned), kw = ceil(K/256)*4: bit (k mod 64) of word k/64 of plane i is bit i of
+ *           the row's unsigned code u at column k; K is zero-padded to a multiple of 256.
+ *           u is x itself (unsigned), (x + 2^p - 1)/2 (bipolar), and x + 2^(p-1) (signed:
+ *           the two's complement planes with the sign plane stored inverted), so every
+ *           format reads x = alpha*u + beta and padding (u = 0) is corrected exactly.
+ *   sums    I32 [rows, segments]: sum of u over each segment of `group` columns
+ *           (group 0: one segment per row; else 32, 64 or 128; the last may be short).
+ *   scales  F32 [rows, 1 or segments]; zero_points I32 of the same shape (unsigned only).
+ *   A dequantized element is scale * (x - zero_point).
+ */
+enum qk_apmm_format { QK_APMM_BIPOLAR = 0, QK_APMM_SIGNED = 1, QK_APMM_UNSIGNED = 2 };
+
+/* Requested kernel family for qk_apmm_matmul. AUTO picks per (p, q, M) and device. */
+enum qk_apmm_path_request { QK_APMM_PATH_AUTO = 0, QK_APMM_PATH_BITSERIAL = 1, QK_APMM_PATH_INT8 = 2 };
+
+/* The kernel that ran (qk_apmm_matmul's *path_used); qk_apmm_path_name gives its name. */
+enum qk_apmm_path {
+  QK_APMM_RAN_SCALAR_BITSERIAL = 1,  /* "scalar-bitserial": AND + popcount, plain C++ */
+  QK_APMM_RAN_SCALAR_INT8 = 2,       /* "scalar-int8": planes unpacked to bytes, int32 dot */
+  QK_APMM_RAN_AVX2_BITSERIAL = 3,    /* "avx2-bitserial": AND + vpshufb nibble popcount */
+  QK_APMM_RAN_AVX2_INT8 = 4,         /* "avx2-int8": unpacked bytes, vpmaddubsw/vpmaddwd */
+  QK_APMM_RAN_AVX512_BITSERIAL = 5,  /* "avx512-bitserial": AND + VPOPCNTDQ */
+  QK_APMM_RAN_AVX512_INT8 = 6,       /* "avx512-int8-vnni": unpacked bytes, VPDPBUSD */
+  QK_APMM_RAN_CUDA_B1_MMA = 7,       /* "cuda-b1-mma": mma.sync m16n8k256 b1 AND.popc */
+  QK_APMM_RAN_CUDA_INT8_MMA = 8      /* "cuda-int8-mma": planes unpacked in shared memory, mma.sync s8 */
+};
+QK_API const char* qk_apmm_path_name(int32_t path);
+
+/**
+ * The path qk_apmm_matmul would take for q-bit activations, p-bit weights and M rows of A on
+ * `device_kind` under `request` (enum qk_apmm_path_request), without running it.
+ */
+QK_API qk_status qk_apmm_choose_path(int32_t a_bits, int32_t w_bits, int64_t m, int32_t device_kind,
+                                     int32_t request, int32_t* path_out);
+
+/**
+ * Packs integer codes (I8, U8, I16 or I32 [rows, K], contiguous) given in `format` with
+ * `bits` bits into planes U8 [rows, bits, 8*kw] and sums I32 [rows, segments of `group`].
+ * A code outside the format's range fails with QK_ERR_INVALID_ARGUMENT naming the value
+ * and *bad_index (if not NULL) set to its flat index (else -1).
+ */
+QK_API qk_status qk_apmm_pack(const qk_tensor* codes, int32_t format, int32_t bits, int64_t group,
+                              const qk_tensor* planes, const qk_tensor* sums, int64_t* bad_index, qk_stream stream);
+
+/** The inverse of qk_apmm_pack: codes I32 [rows, K] from planes (K given by `codes`). */
+QK_API qk_status qk_apmm_unpack(const qk_tensor* planes, int32_t format, int32_t bits, const qk_tensor* codes,
+                                qk_stream stream);
+
+/**
+ * Quantizes x (F32/F16/BF16 [rows, K]) row by row and packs the codes in one pass: the
+ * weight quantizer (scale_group = sum_group = 0 or 32/64/128) and the dynamic per-token
+ * activation quantizer (scale_group = 0, sum_group = the weights' group) alike.
+ *   bipolar:  scale = absmax / (2^p-1), code = the nearest odd integer to x/scale, clamped
+ *   signed:   scale = absmax / max(1, 2^(p-1)-1), code = rint(x/scale), clamped
+ *   unsigned: lo = min(0, min x), hi = max(0, max x), scale = (hi-lo)/(2^p-1),
+ *             zero_point = rint(-lo/scale), code = rint(x/scale) + zero_point, clamped
+ * An all-zero group gets scale 0. zero_points must be given for unsigned, NULL otherwise.
+ * scale_group must be 0 or equal to sum_group. NaN/Inf input fails with QK_ERR_NON_FINITE
+ * and *nonfinite_index (if not NULL) set to the lowest offending flat index.
+ */
+QK_API qk_status qk_apmm_quantize(const qk_tensor* x, int32_t format, int32_t bits, int64_t scale_group,
+                                  int64_t sum_group, const qk_tensor* planes, const qk_tensor* sums,
+                                  const qk_tensor* scales, const qk_tensor* zero_points, int64_t* nonfinite_index,
+                                  qk_stream stream);
+
+/**
+ * C[M, N] = A[M, K] W[N, K]^T over packed operands (a_*: M rows, q = a_bits; w_*: N rows,
+ * p = w_bits), both packed with the same K and `group` (the segments of their sums).
+ * The p*q binary products are accumulated exactly in int32 and recovered with 2^(i+j),
+ * then per segment s:  D_s = sum_k x_a x_w  (exact, int64), and
+ *   out I32: C = sum_s D_s (scales and zero points must be NULL; |C| must fit in int32).
+ *   out F32/F16/BF16: C = sum_s sa*sw*(D_s - zw*Sa_s - za*Sw_s + len_s*za*zw) in float64,
+ *   rounded once (S = sum of the codes over the segment; scales/zero points per row or
+ *   per segment; zero points NULL means 0).
+ * K*(2^p-1)*(2^q-1) must be below 2^31 (exact int32 accumulation; K <= 33025 at 8x8).
+ * request: enum qk_apmm_path_request; *path_used (may be NULL) receives enum qk_apmm_path.
+ */
+QK_API qk_status qk_apmm_matmul(const qk_tensor* a_planes, const qk_tensor* a_sums, const qk_tensor* a_scales,
+                                const qk_tensor* a_zero_points, int32_t a_format, int32_t a_bits,
+                                const qk_tensor* w_planes, const qk_tensor* w_sums, const qk_tensor* w_scales,
+                                const qk_tensor* w_zero_points, int32_t w_format, int32_t w_bits, int64_t k,
+                                int64_t group, const qk_tensor* out, int32_t request, int32_t* path_used,
+                                qk_stream stream);
+
 #ifdef __cplusplus
 }
 #endif
