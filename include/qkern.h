@@ -153,6 +153,41 @@ QK_API qk_status qk_nf4_double_dequantize(const qk_tensor* codes, const qk_tenso
                                           const qk_tensor* code_map, float offset,
                                           const qk_tensor* absmax, qk_stream stream);
 
+/* ---- NF4 matmul (fused dequantization: no full-precision copy of W is made) ---------- */
+/*
+ * W is an NF4 tensor of logical shape [n, k] in the bitsandbytes layout: row-major, flat
+ * element i = row * k + col in packed byte i / 2 (even i in the high nibble), scaled by
+ * absmax[i / blocksize] (F32; decode double-quantized absmax first). Any n, k, blocksize:
+ * rows may start mid-byte and blocks may straddle rows.
+ * W[n, k] means fp32(NF4[code] * absmax): exactly what qk_nf4_dequantize writes as F32.
+ * Products and sums are float32 (the order of summation is the kernel's, so results match a
+ * dense F32 matmul over the dequantized weights to float32 rounding, not bit for bit).
+ */
+
+/**
+ * y[m, n] = sum_k x[m, k] * W[n, k] (+ bias[n]).
+ * x: F32/F16/BF16 [m, k]; bias: NULL, or F32 or x's dtype [n]; y: F32 or x's dtype [m, n].
+ * All contiguous; y must not overlap any input.
+ */
+QK_API qk_status qk_nf4_matmul(const qk_tensor* x, const qk_tensor* packed, const qk_tensor* absmax,
+                               int64_t blocksize, const qk_tensor* bias, const qk_tensor* y,
+                               qk_stream stream);
+
+/**
+ * dx[m, k] = sum_n dy[m, n] * W[n, k]   (the input gradient of y = x W^T).
+ * dy: F32/F16/BF16 [m, n]; dx: F32 or dy's dtype [m, k]. Contiguous; dx overlaps nothing.
+ */
+QK_API qk_status qk_nf4_matmul_input_grad(const qk_tensor* dy, const qk_tensor* packed,
+                                          const qk_tensor* absmax, int64_t blocksize,
+                                          const qk_tensor* dx, qk_stream stream);
+
+/**
+ * The kernel qk_nf4_matmul (input_grad = 0) or qk_nf4_matmul_input_grad (input_grad = 1)
+ * uses for `m` rows on a device kind with the current CPU path, e.g. "cpu-avx2-gemv" or
+ * "cuda-mma". A static string; never NULL.
+ */
+QK_API const char* qk_nf4_matmul_path(int64_t m, int32_t device_kind, int32_t input_grad);
+
 /* ---- measurement -------------------------------------------------------------------- */
 /**
  * Memory-read bandwidth probe over `buf` (host or device, any dtype, contiguous):
