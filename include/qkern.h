@@ -283,6 +283,10 @@ QK_API qk_status qk_dgc_decompress(const qk_tensor* indices, const qk_tensor* va
 enum qk_topk_baseline { QK_TOPK_BASELINE_NTH_ELEMENT = 0, QK_TOPK_BASELINE_FULL_SORT = 1 };
 QK_API qk_status qk_topk_baseline(const qk_tensor* x, int64_t k, int32_t method, const qk_tensor* indices,
                                   const qk_tensor* values);
+/* Benchmark baseline for the DGC step: the momentum pass alone (u = m*u + g, v = v + u; CPU, all
+ * worker threads, the same SIMD path), without the finite check, histogram or selection. */
+QK_API qk_status qk_dgc_momentum_baseline(const qk_tensor* grad, const qk_tensor* u, const qk_tensor* v,
+                                          float momentum);
 
 #ifdef __cplusplus
 }

@@ -409,4 +409,24 @@ QK_API qk_status qk_topk_baseline(const qk_tensor* x, int64_t k, int32_t method,
   });
 }
 
+QK_API qk_status qk_dgc_momentum_baseline(const qk_tensor* grad, const qk_tensor* u, const qk_tensor* v,
+                                          float momentum) {
+  const char* fn = "qk_dgc_momentum_baseline";
+  return guard(fn, [&]() -> qk_status {
+    QK_TRY(check_flat(grad, fn, "grad", {QK_F32}, -1));
+    const int64_t n = numel(grad);
+    QK_TRY(check_flat(u, fn, "u", {QK_F32}, n));
+    QK_TRY(check_flat(v, fn, "v", {QK_F32}, n));
+    QK_TRY(check_group(fn, {{grad, "grad"}, {u, "u"}, {v, "v"}}));
+    if (grad->device_kind != QK_DEVICE_CPU) return fail(QK_ERR_UNSUPPORTED, "%s: the baselines run on the CPU", fn);
+    const CpuKernels& K = kernels();
+    parallel_for(part_count(n), 1, [&](int64_t p0, int64_t p1) {
+      for (int64_t p = p0; p < p1; p++)
+        K.dgc_update(static_cast<const float*>(grad->data), static_cast<float*>(u->data), static_cast<float*>(v->data),
+                     part_begin(p), part_end(p, n), QK_DGC_FEEDBACK_MOMENTUM, false, momentum, false, 1.0f, nullptr);
+    });
+    return QK_OK;
+  });
+}
+
 }  // extern "C"

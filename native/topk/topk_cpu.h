@@ -22,7 +22,8 @@ struct CpuKernels {
   // element in the range (or -1).
   double (*sum_squares)(const float* g, int64_t begin, int64_t end, int64_t* first_nonfinite);
   // The fused DGC pass over [begin, end): g' = scaled ? g * scale : g, then dgc_accumulate
-  // (common/topk.h) into u (momentum only) and v, and hist[|v_new| key >> 21] += 1.
+  // (common/topk.h) into u (momentum only) and v, and hist[|v_new| key >> 21] += 1 (hist may be
+  // null: the plain momentum pass the benchmark compares against).
   void (*dgc_update)(const float* g, float* u, float* v, int64_t begin, int64_t end, int feedback, bool nesterov,
                      float momentum, bool scaled, float scale, uint32_t* hist);
 };

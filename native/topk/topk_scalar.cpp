@@ -69,7 +69,7 @@ void dgc_update_scalar(const float* g, float* u, float* v, int64_t begin, int64_
     dgc_accumulate(gi, ui, vi, feedback, nesterov, momentum);
     if (feedback == 2) u[i] = ui;
     v[i] = vi;
-    hist[(f32_bits(vi) & 0x7fffffffu) >> 21]++;
+    if (hist) hist[(f32_bits(vi) & 0x7fffffffu) >> 21]++;
   }
 }
 

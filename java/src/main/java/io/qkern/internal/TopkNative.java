@@ -30,7 +30,7 @@ public final class TopkNative {
     }
 
     private final NativeLib lib;
-    private final MethodHandle topk, topkSampled, dgcStep, dgcDecompress, topkBaseline;
+    private final MethodHandle topk, topkSampled, dgcStep, dgcDecompress, topkBaseline, momentumBaseline;
 
     private TopkNative(NativeLib lib) {
         this.lib = lib;
@@ -44,6 +44,19 @@ public final class TopkNative {
                 ADDRESS, ADDRESS));
         topkBaseline = lib.bind("qk_topk_baseline", FunctionDescriptor.of(JAVA_INT, ADDRESS, JAVA_LONG, JAVA_INT,
                 ADDRESS, ADDRESS));
+        momentumBaseline = lib.bind("qk_dgc_momentum_baseline", FunctionDescriptor.of(JAVA_INT, ADDRESS, ADDRESS,
+                ADDRESS, JAVA_FLOAT));
+    }
+
+    /** Benchmark baseline: the momentum pass alone. */
+    public void dgcMomentumBaseline(MemorySegment grad, MemorySegment u, MemorySegment v, float momentum) {
+        int st;
+        try {
+            st = (int) momentumBaseline.invokeExact(grad, u, v, momentum);
+        } catch (Throwable t) {
+            throw NativeLib.bug("qk_dgc_momentum_baseline", t);
+        }
+        lib.check("qk_dgc_momentum_baseline", st);
     }
 
     /** {@code badIndexOut[0]} receives the NaN index (or -1) before a failure is thrown. */

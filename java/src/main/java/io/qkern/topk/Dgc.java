@@ -150,6 +150,18 @@ public final class Dgc {
         }
     }
 
+    /**
+     * Benchmark baseline: the momentum pass alone (u = m*u + g, v = v + u over all elements, CPU,
+     * all threads, the same SIMD path), what a whole {@link #step} is compared against.
+     */
+    public static void momentumPassBaseline(Tensor grad, Tensor u, Tensor v, float momentum) {
+        try (Arena arena = Arena.ofConfined(); Tensor.Lease a = grad.acquire(); Tensor.Lease b = u.acquire();
+                Tensor.Lease c = v.acquire()) {
+            TopkNative.get().dgcMomentumBaseline(grad.descriptor(arena), u.descriptor(arena), v.descriptor(arena),
+                    momentum);
+        }
+    }
+
     private static void requireF32(String what, Tensor t) {
         if (t.dtype() != DType.F32) {
             throw new IllegalArgumentException(what + " must be F32, not " + t.dtype());
