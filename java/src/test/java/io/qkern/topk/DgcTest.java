@@ -135,6 +135,21 @@ class DgcTest {
     }
 
     @Test
+    void momentumPassBaselineIsThePlainUpdate() {
+        int n = 100003;
+        float[] g = gaussian(n, 1), u = gaussian(n, 1), v = gaussian(n, 1);
+        try (Tensor tg = Tensor.ofFloats(g, n); Tensor tu = Tensor.ofFloats(u, n); Tensor tv = Tensor.ofFloats(v, n)) {
+            Dgc.momentumPassBaseline(tg, tu, tv, 0.9f);
+            float[] u2 = tu.toFloatArray(), v2 = tv.toFloatArray();
+            for (int i = 0; i < n; i++) {
+                float eu = 0.9f * u[i] + g[i];
+                assertEquals(eu, u2[i], 0f);
+                assertEquals(v[i] + eu, v2[i], 0f);
+            }
+        }
+    }
+
+    @Test
     void warmupSchedules() {
         WarmupSchedule paper = WarmupSchedule.paper();
         assertEquals(0.25, paper.ratio(0, 0.001), 1e-12);
