@@ -302,6 +302,95 @@ QK_API qk_status qk_apmm_matmul(const qk_tensor* a_planes, const qk_tensor* a_su
                                 const qk_tensor* w_zero_points, int32_t w_format, int32_t w_bits, int64_t k,
                                 int64_t group, const qk_tensor* out, int32_t request, int32_t* path_used,
                                 qk_stream stream);
+/* ---- Top-k selection and Deep Gradient Compression (DGC) -------------------------------- */
+/*
+ * Selection keys: QK_TOPK_MAGNITUDE picks the k largest |x|; QK_TOPK_LARGEST / QK_TOPK_SMALLEST
+ * the k largest / smallest x. Values compare as IEEE floats (-0.0 == +0.0; subnormals exact);
+ * equal keys go to the lower index. The result is exact and deterministic (the same on every
+ * CPU path, thread count and device). Indices are 64-bit internally: n may exceed 2^31.
+ */
+enum qk_topk_order { QK_TOPK_MAGNITUDE = 0, QK_TOPK_LARGEST = 1, QK_TOPK_SMALLEST = 2 };
+/* qk_topk flags: results by descending key (ties: lower index first) instead of ascending index. */
+#define QK_TOPK_SORTED 1
+
+/**
+ * Exact top-k of a contiguous F32 tensor x (n elements, flattened), 0 <= k <= n.
+ *   indices: I64 or I32 [k] (I32 needs n <= 2^31); values: F32 [k] or NULL.
+ * Output order: ascending index, or with QK_TOPK_SORTED descending key. NaN in x fails with
+ * QK_ERR_NON_FINITE and *nonfinite_index (if not NULL) = its lowest index (else -1); Inf is a
+ * value like any other. On CUDA the selection runs without host synchronisation (device-side
+ * counters, fixed-size outputs); the NaN index is then reported by a stream synchronisation at
+ * the end of the call.
+ */
+QK_API qk_status qk_topk(const qk_tensor* x, int64_t k, int32_t order, int32_t flags, const qk_tensor* indices,
+                         const qk_tensor* values, int64_t* nonfinite_index, qk_stream stream);
+
+/**
+ * DGC's sampled-threshold selection by |x| (APPROXIMATE: it may return fewer than k pairs).
+ * Samples ~sample_ratio of x (at least ceil(2n/k) samples; random start from `seed`, odd stride),
+ * takes the ceil(samples*k/n)-th largest sampled |x| as the threshold t and counts |x| >= t:
+ *   count >= k        -> the exact top-k among those candidates (which is the exact top-k);
+ *   0.8k <= count < k -> all `count` candidates are returned (the approximate case);
+ *   count < 0.8k      -> t *= 0.8 and count again, at most 10 rounds, then exact top-k.
+ * DGC's upper refinement bound (1.3k, above which the reference code selects exactly among the
+ * candidates) collapses to k here, because the slots are fixed: every call fills exactly k.
+ * Outputs indices I64/I32 [k], values F32 [k] or NULL, ascending index; *selected_out = number of
+ * real pairs; the remaining slots hold index -1 and value 0 (qk_dgc_decompress skips them).
+ */
+QK_API qk_status qk_topk_sampled(const qk_tensor* x, int64_t k, double sample_ratio, uint64_t seed,
+                                 const qk_tensor* indices, const qk_tensor* values, int64_t* selected_out,
+                                 int64_t* nonfinite_index, qk_stream stream);
+
+/* Error feedback of a DGC step. */
+enum qk_dgc_feedback {
+  QK_DGC_FEEDBACK_NONE = 0,     /* v = g: what is not sent is dropped (v returns it, for inspection) */
+  QK_DGC_FEEDBACK_RESIDUAL = 1, /* v = v + g: the unsent rest accumulates (error feedback) */
+  QK_DGC_FEEDBACK_MOMENTUM = 2  /* DGC momentum correction: u = m*u + g, v = v + u */
+};
+/* qk_dgc_step flags */
+#define QK_DGC_NESTEROV 1        /* momentum feedback: u = (u + g)*m, v = (v + u) + g */
+#define QK_DGC_SAMPLED 2         /* select with qk_topk_sampled's rule instead of exact top-k */
+#define QK_DGC_SKIP_FINITE_CHECK 4 /* skip the up-front NaN/Inf scan of grad (see below) */
+
+/**
+ * One fused DGC step over a contiguous F32 tensor of n elements:
+ *   g' = g * min(1, clip_norm / ||g||_2)   (local clipping when clip_norm > 0; norm in float64)
+ *   u, v updated per `feedback` (float32 operations in the reference code's order, no FMA)
+ *   select k by |v| (exact, or sampled with QK_DGC_SAMPLED), ascending index
+ *   indices[j] = idx (I32 or I64), values[j] = v[idx] as F32 or F16 (F16 saturates at +-65504)
+ *   v[idx] -= sent value (0 for F32: the residual keeps exactly what was not sent), u[idx] = 0
+ * so that, element by element and exactly, sent + residual == the accumulated v.
+ * u is read and written only with QK_DGC_FEEDBACK_MOMENTUM (may be NULL otherwise).
+ * grad is first scanned for NaN/Inf (fused with the clipping norm): on one the call fails with
+ * QK_ERR_NON_FINITE and *nonfinite_index = its lowest index, leaving u and v untouched. With
+ * QK_DGC_SKIP_FINITE_CHECK (and no clipping) that pass is skipped; a non-finite v is still
+ * detected after the update, but u and v have then been updated. *selected_out: real pairs
+ * (k, or fewer with QK_DGC_SAMPLED; empty slots hold index -1, value 0).
+ */
+QK_API qk_status qk_dgc_step(const qk_tensor* grad, const qk_tensor* u, const qk_tensor* v, int64_t k,
+                             int32_t feedback, float momentum, float clip_norm, int32_t flags, double sample_ratio,
+                             uint64_t seed, const qk_tensor* indices, const qk_tensor* values, int64_t* selected_out,
+                             int64_t* nonfinite_index, qk_stream stream);
+
+/**
+ * DGC decompression: out (F32 [n], overwritten) = (sum of the values of all pairs with index i,
+ * added in pair order) / world_size. indices: I32/I64 [m], values: F32/F16 [m] (m = P*k pairs
+ * from P ranks); index -1 marks an empty slot and is skipped; any other index outside [0, n)
+ * fails naming the pair.
+ */
+QK_API qk_status qk_dgc_decompress(const qk_tensor* indices, const qk_tensor* values, int64_t world_size,
+                                   const qk_tensor* out, qk_stream stream);
+
+/* Benchmark baselines (CPU, single-threaded as the standard library is): what a user would
+ * write with the C++ standard library. Same inputs/outputs as qk_topk with QK_TOPK_MAGNITUDE
+ * (ascending index order, ties to the lower index). Not for production use. */
+enum qk_topk_baseline { QK_TOPK_BASELINE_NTH_ELEMENT = 0, QK_TOPK_BASELINE_FULL_SORT = 1 };
+QK_API qk_status qk_topk_baseline(const qk_tensor* x, int64_t k, int32_t method, const qk_tensor* indices,
+                                  const qk_tensor* values);
+/* Benchmark baseline for the DGC step: the momentum pass alone (u = m*u + g, v = v + u; CPU, all
+ * worker threads, the same SIMD path), without the finite check, histogram or selection. */
+QK_API qk_status qk_dgc_momentum_baseline(const qk_tensor* grad, const qk_tensor* u, const qk_tensor* v,
+                                          float momentum);
 
 #ifdef __cplusplus
 }
