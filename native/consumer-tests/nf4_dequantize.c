@@ -1,4 +1,4 @@
-/* Dequantize NF4 weights (bitsandbytes layout) with libqkern from C. */
+/* Dequantize NF4 weights (bitsandbytes layout) and pick the largest with libqkern from C. */
 #include <stdio.h>
 #include <string.h>
 
@@ -53,6 +53,31 @@ int main(void) {
     }
   }
   printf("qkern %s, cpu path %s: %d NF4 values dequantized exactly\n", qk_version_string(), qk_cpu_path(), N);
+
+  /* The K values of largest magnitude, in ascending index order (equal magnitudes: lower index first). */
+  enum { K = 5 };
+  int64_t top[K];
+  qk_tensor idx = host_vector(top, QK_I64, K, 8);
+  if (qk_topk(&o, K, QK_TOPK_MAGNITUDE, 0, &idx, NULL, NULL, NULL) != QK_OK) {
+    fprintf(stderr, "qk_topk: %s\n", qk_last_error());
+    return 1;
+  }
+  /* Check: exactly K elements beat or tie each pick's rank, found by counting. */
+  for (int j = 0; j < K; j++) {
+    int64_t i = top[j];
+    float m = out[i] < 0 ? -out[i] : out[i];
+    int ahead = 0;
+    for (int e = 0; e < N; e++) {
+      float me = out[e] < 0 ? -out[e] : out[e];
+      if (me > m || (me == m && e < i)) ahead++;
+    }
+    if (ahead >= K || (j > 0 && top[j - 1] >= i)) {
+      fprintf(stderr, "top-k pick %d (index %lld) is wrong\n", j, (long long)i);
+      return 1;
+    }
+  }
+  printf("top-%d by magnitude: indices %lld %lld %lld %lld %lld\n", K, (long long)top[0], (long long)top[1],
+         (long long)top[2], (long long)top[3], (long long)top[4]);
 
   /* Errors come back as a status; qk_last_error() says what was wrong. */
   qk_status st = qk_nf4_dequantize(&p, &a, 48, &o, NULL);

@@ -1,4 +1,5 @@
-// NF4 dequantization through libqkern from C++, then the result handed out through DLPack.
+// NF4 round trip and top-k through libqkern from C++, then the result handed out through DLPack.
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <stdexcept>
@@ -49,6 +50,19 @@ int main() try {
       throw std::runtime_error("element " + std::to_string(i) + " is off by more than " + std::to_string(bound));
   }
 
+  // The 10 largest restored weights, largest first, against a sort (equal values: lower index first).
+  const int64_t k = 10;
+  std::vector<int64_t> top(k);
+  std::vector<float> top_values(k);
+  qk_tensor ti = host_vector(top, QK_I64), tv = host_vector(top_values, QK_F32);
+  check(qk_topk(&r, k, QK_TOPK_LARGEST, QK_TOPK_SORTED, &ti, &tv, nullptr, nullptr), "qk_topk");
+  std::vector<int64_t> order(n);
+  for (int64_t i = 0; i < n; i++) order[i] = i;
+  std::stable_sort(order.begin(), order.end(), [&](int64_t x, int64_t y) { return restored[x] > restored[y]; });
+  for (int64_t j = 0; j < k; j++)
+    if (top[j] != order[j] || top_values[j] != restored[order[j]])
+      throw std::runtime_error("top-k pick " + std::to_string(j) + " differs from the sort");
+
   // Lend `restored` to another stack as a DLPack tensor. The owner's release runs once the
   // consumer's deleter and our qk_dlpack_owner_release have both happened.
   bool released = false;
@@ -67,8 +81,9 @@ int main() try {
   qk_dlpack_release(lent);
   if (!same_memory || !released) throw std::runtime_error("the DLPack round trip did not share memory and release");
 
-  std::printf("C++: %lld weights through NF4 (blocksize %lld) and lent out zero-copy via DLPack\n",
-              static_cast<long long>(n), static_cast<long long>(blocksize));
+  std::printf("C++: %lld weights through NF4 (blocksize %lld), top-%lld largest = %g at %lld, lent out via DLPack\n",
+              static_cast<long long>(n), static_cast<long long>(blocksize), static_cast<long long>(k), top_values[0],
+              static_cast<long long>(top[0]));
   return 0;
 } catch (const std::exception& e) {
   std::fprintf(stderr, "error: %s\n", e.what());
