@@ -40,7 +40,17 @@ endif()
 run_step("configuring the consumers with find_package(qkern)" ${CMAKE_COMMAND} ${configure_args})
 run_step("building the consumers" ${CMAKE_COMMAND} --build ${build})
 
-foreach(program nf4_c nf4_cpp)
+# The page's build without CMake (docs/using-from-c-cpp-python.md), with this prefix for /opt/qkern.
+list(GET libraries 0 library)
+get_filename_component(libdir ${library} DIRECTORY)
+set(cc_flags)
+if(QKERN_SANITIZE)
+  set(cc_flags -fsanitize=address,undefined -fno-omit-frame-pointer)
+endif()
+run_step("cc without CMake" cc ${cc_flags} ${QKERN_SOURCE_DIR}/native/consumer-tests/nf4_dequantize.c
+         -I${prefix}/include -L${libdir} -lqkern -Wl,-rpath,${libdir} -o ${build}/nf4_plain_c)
+
+foreach(program nf4_c nf4_cpp nf4_plain_c)
   run_step("running ${program}" ${build}/${program})
   message(STATUS "${program}: ${step_output}")
 endforeach()
