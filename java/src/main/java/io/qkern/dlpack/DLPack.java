@@ -1,6 +1,7 @@
 package io.qkern.dlpack;
 
 import io.qkern.DType;
+import io.qkern.apmm.ApmmMatrix;
 import io.qkern.Device;
 import io.qkern.Tensor;
 import io.qkern.internal.DLPackNative;
@@ -34,7 +35,9 @@ import java.util.concurrent.atomic.AtomicBoolean;
  * read-only import reports {@link Tensor#isReadOnly()} and refuses writes from Java.
  *
  * <p><b>Quantized tensors</b> travel as their parts: an NF4 tensor is its packed codes (U8) plus its
- * scale tensors, with bitsandbytes' quant-state JSON beside them ({@link #exportNf4}, {@link #importNf4}).
+ * scale tensors, with bitsandbytes' quant-state JSON beside them ({@link #exportNf4}, {@link #importNf4});
+ * an APMM bit-plane matrix is its planes (U8) plus its code sums, scales and zero points
+ * ({@link #exportApmm}; export only: an APMM matrix is rebuilt from files, not yet from DLPack parts).
  */
 public final class DLPack {
     private DLPack() {}
@@ -196,6 +199,45 @@ public final class DLPack {
         } catch (RuntimeException e) {
             made.forEach(Tensor::close);
             pending.forEach(DLPack::release);
+            throw e;
+        }
+    }
+
+    // ---- APMM bit planes ----------------------------------------------------------------------------
+
+    /**
+     * The parts of an APMM bit-plane matrix as DLPack exports: {@code planes} (U8 [rows, bits,
+     * 8 * wordsPerPlane(k)], the layout in include/qkern.h), {@code sums} (I32 per row and segment),
+     * and, for a matrix quantized from floats, {@code scales} (F32) and for the unsigned format
+     * {@code zeroPoints} (I32); absent parts are {@link MemorySegment#NULL}. The numbers a consumer
+     * needs to read them travel beside: format, bits, rows, k, group and scale group.
+     */
+    public record ApmmParts(String format, int bits, long rows, long k, long group, long scaleGroup,
+            MemorySegment planes, MemorySegment sums, MemorySegment scales, MemorySegment zeroPoints) {
+        /** The exports that are present, for handing back with {@link DLPack#release} unused. */
+        public List<MemorySegment> exports() {
+            List<MemorySegment> list = new ArrayList<>();
+            for (MemorySegment m : new MemorySegment[] {planes, sums, scales, zeroPoints}) {
+                if (m != null && m.address() != 0) {
+                    list.add(m);
+                }
+            }
+            return list;
+        }
+    }
+
+    /** Exports every part of {@code m} (read-only: the parts are shared, not copied). */
+    public static ApmmParts exportApmm(ApmmMatrix m) {
+        List<MemorySegment> made = new ArrayList<>();
+        try {
+            MemorySegment planes = add(made, export(m.planes(), true));
+            MemorySegment sums = add(made, export(m.sums(), true));
+            MemorySegment scales = m.scales() == null ? MemorySegment.NULL : add(made, export(m.scales(), true));
+            MemorySegment zeros = m.zeroPoints() == null ? MemorySegment.NULL : add(made, export(m.zeroPoints(), true));
+            return new ApmmParts(m.format().lowerName(), m.bits(), m.rows(), m.k(), m.group(), m.scaleGroup(), planes,
+                    sums, scales, zeros);
+        } catch (RuntimeException e) {
+            made.forEach(DLPack::release);
             throw e;
         }
     }

@@ -11,6 +11,9 @@ import io.qkern.Device;
 import io.qkern.Qkern;
 import io.qkern.QkernException;
 import io.qkern.Tensor;
+import io.qkern.apmm.Apmm;
+import io.qkern.apmm.ApmmFormat;
+import io.qkern.apmm.ApmmMatrix;
 import io.qkern.nf4.Nf4;
 import io.qkern.nf4.Nf4Tensor;
 import java.lang.foreign.Arena;
@@ -204,6 +207,30 @@ class DLPackTest {
                     assertEquals(q.packed().address(), back.packed().address(), "no copy of the codes");
                     assertArrayEquals(expected.toFloatArray(), actual.toFloatArray());
                     assertThrows(IllegalStateException.class, q::close);
+                }
+            }
+        }
+    }
+
+    @Test
+    void apmmBitPlanesTravelAsTheirParts() {
+        float[] w = new float[8 * 300];
+        Random random = new Random();
+        for (int i = 0; i < w.length; i++) {
+            w[i] = (float) random.nextGaussian();
+        }
+        try (Tensor x = Tensor.ofFloats(w, 8, 300); ApmmMatrix m = Apmm.quantize(x, ApmmFormat.UNSIGNED, 3, 64)) {
+            DLPack.ApmmParts parts = DLPack.exportApmm(m);
+            assertEquals(4, parts.exports().size(), "planes, sums, scales, zero points");
+            assertEquals(3, parts.bits());
+            assertEquals(300, parts.k());
+            Tensor[] originals = {m.planes(), m.sums(), m.scales(), m.zeroPoints()};
+            for (int i = 0; i < originals.length; i++) {
+                try (Tensor part = DLPack.importTensor(parts.exports().get(i))) {
+                    assertEquals(originals[i].address(), part.address());
+                    assertEquals(originals[i].dtype(), part.dtype());
+                    assertArrayEquals(originals[i].shape(), part.shape());
+                    assertTrue(part.isReadOnly());
                 }
             }
         }
