@@ -2,6 +2,7 @@
 // owner's reference count, and every refusal calling the producer's deleter exactly once.
 #include <string.h>
 
+#include <random>
 #include <string>
 
 #include "check.h"
@@ -229,6 +230,54 @@ void test_refusals_call_the_deleter() {
   qk_dlpack_release(nullptr);
 }
 
+// Generated corrupt inputs: random field mutations of a valid tensor. Every import either succeeds
+// with a descriptor inside the checks or is refused; the deleter runs exactly once either way.
+void test_corrupt_inputs() {
+  std::mt19937_64 rng(std::random_device{}());
+  alignas(64) static float data[256];
+  for (int iter = 0; iter < 20000; iter++) {
+    int64_t shape[QK_MAX_DIMS + 1], strides[QK_MAX_DIMS + 1];
+    int ndim = 1 + (int)(rng() % 3);
+    for (int d = 0; d < ndim; d++) shape[d] = 1 + (int64_t)(rng() % 4);
+    int64_t s = 1;
+    for (int d = ndim - 1; d >= 0; d--) { strides[d] = s; s *= shape[d]; }
+    Foreign f;
+    make_foreign(f, data, DLDataType{kDLFloat, 32, 1}, ndim, shape, strides);
+    int mutations = 1 + (int)(rng() % 3);
+    for (int m = 0; m < mutations; m++) {
+      int64_t wild = (int64_t)rng() >> (rng() % 64);
+      if (rng() & 1) wild = -wild;
+      switch (rng() % 10) {
+        case 0: f.managed.version.major = (uint32_t)(rng() % 4); break;
+        case 1: f.managed.dl_tensor.device.device_type = (DLDeviceType)(rng() % 20); break;
+        case 2: f.managed.dl_tensor.device.device_id = (int32_t)wild; break;
+        case 3: f.managed.dl_tensor.ndim = (int32_t)(rng() % 12) - 2; break;
+        case 4: f.managed.dl_tensor.dtype = DLDataType{(uint8_t)(rng() % 8), (uint8_t)(rng() % 80), (uint16_t)(rng() % 3)}; break;
+        case 5: f.shape[rng() % ndim] = wild; break;
+        case 6: f.strides[rng() % ndim] = wild; break;
+        case 7: f.managed.dl_tensor.byte_offset = (uint64_t)wild; break;
+        case 8: f.managed.dl_tensor.strides = (rng() & 1) ? nullptr : f.strides; break;
+        default: f.managed.flags = rng() & 7; break;
+      }
+    }
+    if (f.managed.dl_tensor.ndim > ndim) f.managed.dl_tensor.ndim = ndim;  // the producer's arrays hold ndim entries
+    qk_tensor out;
+    uint32_t flags = (uint32_t)(rng() % 4);
+    qk_status st = qk_dlpack_import(&f.managed, flags, &out, nullptr);
+    if (st == QK_OK) {
+      CHECK(f.deleted == 0, "deleter ran on an accepted import");
+      CHECK(out.dtype == QK_F32 || out.ndim >= 0, "descriptor");
+      for (int d = 0; d < out.ndim; d++) CHECK(out.shape[d] >= 0 && out.strides[d] >= 0, "negative field accepted");
+      CHECK(out.nbytes >= 0, "negative nbytes accepted");
+      qk_dlpack_release(&f.managed);
+    } else {
+      CHECK(qk_last_error()[0] != 0, "refusal without a reason (status %d)", st);
+    }
+    CHECK(f.deleted == 1, "iteration %d: deleter ran %d times", iter, f.deleted);
+    if (g_failures) return;
+  }
+}
+
 }  // namespace
 
 int main() {
@@ -236,5 +285,6 @@ int main() {
   test_owner_reference_count();
   test_strides_offset_and_flags();
   test_refusals_call_the_deleter();
+  test_corrupt_inputs();
   TEST_MAIN_END();
 }
