@@ -24,7 +24,9 @@ import java.util.concurrent.atomic.AtomicBoolean;
  * {@link Tensor} refuses to {@link Tensor#close() close} (an {@link IllegalStateException} that
  * says so), so the memory cannot be freed under the consumer; after that, close frees it as usual.
  * Exporting a {@linkplain Tensor#wrap wrapped} tensor cannot extend the life of the caller's
- * arena: keep it open while the consumer holds the export.
+ * arena: keep it open while the consumer holds the export. For a CUDA tensor, finish the work that writes it
+ * (synchronize its stream) before a consumer on another stream reads the export: an export is an
+ * address, not an event.
  *
  * <p><b>Importing</b> takes a producer's {@code DLManagedTensorVersioned*}. qkern checks it (DLPack
  * major version 1, CPU or CUDA device, a dtype qkern has, compact row-major strides in elements,
