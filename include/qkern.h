@@ -392,6 +392,10 @@ QK_API qk_status qk_topk_baseline(const qk_tensor* x, int64_t k, int32_t method,
 QK_API qk_status qk_dgc_momentum_baseline(const qk_tensor* grad, const qk_tensor* u, const qk_tensor* v,
                                           float momentum);
 
+/* ---- DLPack exchange ------------------------------------------------------------------ */
+/* Zero-copy export/import of tensors as DLPack 1.x DLManagedTensorVersioned: include/qkern_dlpack.h
+ * (qk_dlpack_export, qk_dlpack_import, qk_dlpack_owner_*), which includes this header. */
+
 #ifdef __cplusplus
 }
 #endif
