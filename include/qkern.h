@@ -209,6 +209,193 @@ QK_API qk_status qk_matmul_f32(const qk_tensor* x, const qk_tensor* w, const qk_
 QK_API qk_status qk_probe_read_bandwidth(const qk_tensor* buf, int32_t repetitions, double* gbps_out,
                                          char* best_pattern, int64_t best_pattern_len);
 
+
+/* ---- APMM (arbitrary-precision quantized matmul, bit-plane decomposition) ------------- */
+/*
+ * Code formats, p bits (1..8), chosen independently for the weights W and activations A:
+ *   QK_APMM_BIPOLAR   the odd integers in [-(2^p-1), 2^p-1]; bit b_i stands for -1/+1:
+ *                     x = sum_i (2 b_i - 1) 2^i
+ *   QK_APMM_SIGNED    two's complement integers in [-2^(p-1), 2^(p-1)-1]
+ *   QK_APMM_UNSIGNED  integers in [0, 2^p-1], optionally with an integer zero point
+ * Packed layout (what the matmul reads, the same on CPU and CUDA):
+ *   planes  U8 [rows, p, 8*kw] holding kw little-endian 64-bit words per plane (8-byte
+ *           aligned), kw = ceil(K/256)*4: bit (k mod 64) of word k/64 of plane i is bit i of
+ *           the row's unsigned code u at column k; K is zero-padded to a multiple of 256.
+ *           u is x itself (unsigned), (x + 2^p - 1)/2 (bipolar), and x + 2^(p-1) (signed:
+ *           the two's complement planes with the sign plane stored inverted), so every
+ *           format reads x = alpha*u + beta and padding (u = 0) is corrected exactly.
+ *   sums    I32 [rows, segments]: sum of u over each segment of `group` columns
+ *           (group 0: one segment per row; else 32, 64 or 128; the last may be short).
+ *   scales  F32 [rows, 1 or segments]; zero_points I32 of the same shape (unsigned only).
+ *   A dequantized element is scale * (x - zero_point).
+ */
+enum qk_apmm_format { QK_APMM_BIPOLAR = 0, QK_APMM_SIGNED = 1, QK_APMM_UNSIGNED = 2 };
+
+/* Requested kernel family for qk_apmm_matmul. AUTO picks per (p, q, M) and device. */
+enum qk_apmm_path_request { QK_APMM_PATH_AUTO = 0, QK_APMM_PATH_BITSERIAL = 1, QK_APMM_PATH_INT8 = 2 };
+
+/* The kernel that ran (qk_apmm_matmul's *path_used); qk_apmm_path_name gives its name. */
+enum qk_apmm_path {
+  QK_APMM_RAN_SCALAR_BITSERIAL = 1,  /* "scalar-bitserial": AND + popcount, plain C++ */
+  QK_APMM_RAN_SCALAR_INT8 = 2,       /* "scalar-int8": planes unpacked to bytes, int32 dot */
+  QK_APMM_RAN_AVX2_BITSERIAL = 3,    /* "avx2-bitserial": AND + vpshufb nibble popcount */
+  QK_APMM_RAN_AVX2_INT8 = 4,         /* "avx2-int8": unpacked bytes, vpmaddubsw/vpmaddwd */
+  QK_APMM_RAN_AVX512_BITSERIAL = 5,  /* "avx512-bitserial": AND + VPOPCNTDQ */
+  QK_APMM_RAN_AVX512_INT8 = 6,       /* "avx512-int8-vnni": unpacked bytes, VPDPBUSD */
+  QK_APMM_RAN_CUDA_B1_MMA = 7,       /* "cuda-b1-mma": mma.sync m16n8k256 b1 AND.popc */
+  QK_APMM_RAN_CUDA_INT8_MMA = 8      /* "cuda-int8-mma": planes unpacked in shared memory, mma.sync s8 */
+};
+QK_API const char* qk_apmm_path_name(int32_t path);
+
+/**
+ * The path qk_apmm_matmul would take for q-bit activations, p-bit weights and M rows of A on
+ * `device_kind` under `request` (enum qk_apmm_path_request), without running it.
+ */
+QK_API qk_status qk_apmm_choose_path(int32_t a_bits, int32_t w_bits, int64_t m, int32_t device_kind,
+                                     int32_t request, int32_t* path_out);
+
+/**
+ * Packs integer codes (I8, U8, I16 or I32 [rows, K], contiguous) given in `format` with
+ * `bits` bits into planes U8 [rows, bits, 8*kw] and sums I32 [rows, segments of `group`].
+ * A code outside the format's range fails with QK_ERR_INVALID_ARGUMENT naming the value
+ * and *bad_index (if not NULL) set to its flat index (else -1).
+ */
+QK_API qk_status qk_apmm_pack(const qk_tensor* codes, int32_t format, int32_t bits, int64_t group,
+                              const qk_tensor* planes, const qk_tensor* sums, int64_t* bad_index, qk_stream stream);
+
+/** The inverse of qk_apmm_pack: codes I32 [rows, K] from planes (K given by `codes`). */
+QK_API qk_status qk_apmm_unpack(const qk_tensor* planes, int32_t format, int32_t bits, const qk_tensor* codes,
+                                qk_stream stream);
+
+/**
+ * Quantizes x (F32/F16/BF16 [rows, K]) row by row and packs the codes in one pass: the
+ * weight quantizer (scale_group = sum_group = 0 or 32/64/128) and the dynamic per-token
+ * activation quantizer (scale_group = 0, sum_group = the weights' group) alike.
+ *   bipolar:  scale = absmax / (2^p-1), code = the nearest odd integer to x/scale, clamped
+ *   signed:   scale = absmax / max(1, 2^(p-1)-1), code = rint(x/scale), clamped
+ *   unsigned: lo = min(0, min x), hi = max(0, max x), scale = (hi-lo)/(2^p-1),
+ *             zero_point = rint(-lo/scale), code = rint(x/scale) + zero_point, clamped
+ * An all-zero group gets scale 0. zero_points must be given for unsigned, NULL otherwise.
+ * scale_group must be 0 or equal to sum_group. NaN/Inf input fails with QK_ERR_NON_FINITE
+ * and *nonfinite_index (if not NULL) set to the lowest offending flat index.
+ */
+QK_API qk_status qk_apmm_quantize(const qk_tensor* x, int32_t format, int32_t bits, int64_t scale_group,
+                                  int64_t sum_group, const qk_tensor* planes, const qk_tensor* sums,
+                                  const qk_tensor* scales, const qk_tensor* zero_points, int64_t* nonfinite_index,
+                                  qk_stream stream);
+
+/**
+ * C[M, N] = A[M, K] W[N, K]^T over packed operands (a_*: M rows, q = a_bits; w_*: N rows,
+ * p = w_bits), both packed with the same K and `group` (the segments of their sums).
+ * The p*q binary products are accumulated exactly in int32 and recovered with 2^(i+j),
+ * then per segment s:  D_s = sum_k x_a x_w  (exact, int64), and
+ *   out I32: C = sum_s D_s (scales and zero points must be NULL; |C| must fit in int32).
+ *   out F32/F16/BF16: C = sum_s sa*sw*(D_s - zw*Sa_s - za*Sw_s + len_s*za*zw) in float64,
+ *   rounded once (S = sum of the codes over the segment; scales/zero points per row or
+ *   per segment; zero points NULL means 0).
+ * K*(2^p-1)*(2^q-1) must be below 2^31 (exact int32 accumulation; K <= 33025 at 8x8).
+ * request: enum qk_apmm_path_request; *path_used (may be NULL) receives enum qk_apmm_path.
+ */
+QK_API qk_status qk_apmm_matmul(const qk_tensor* a_planes, const qk_tensor* a_sums, const qk_tensor* a_scales,
+                                const qk_tensor* a_zero_points, int32_t a_format, int32_t a_bits,
+                                const qk_tensor* w_planes, const qk_tensor* w_sums, const qk_tensor* w_scales,
+                                const qk_tensor* w_zero_points, int32_t w_format, int32_t w_bits, int64_t k,
+                                int64_t group, const qk_tensor* out, int32_t request, int32_t* path_used,
+                                qk_stream stream);
+/* ---- Top-k selection and Deep Gradient Compression (DGC) -------------------------------- */
+/*
+ * Selection keys: QK_TOPK_MAGNITUDE picks the k largest |x|; QK_TOPK_LARGEST / QK_TOPK_SMALLEST
+ * the k largest / smallest x. Values compare as IEEE floats (-0.0 == +0.0; subnormals exact);
+ * equal keys go to the lower index. The result is exact and deterministic (the same on every
+ * CPU path, thread count and device). Indices are 64-bit internally: n may exceed 2^31.
+ */
+enum qk_topk_order { QK_TOPK_MAGNITUDE = 0, QK_TOPK_LARGEST = 1, QK_TOPK_SMALLEST = 2 };
+/* qk_topk flags: results by descending key (ties: lower index first) instead of ascending index. */
+#define QK_TOPK_SORTED 1
+
+/**
+ * Exact top-k of a contiguous F32 tensor x (n elements, flattened), 0 <= k <= n.
+ *   indices: I64 or I32 [k] (I32 needs n <= 2^31); values: F32 [k] or NULL.
+ * Output order: ascending index, or with QK_TOPK_SORTED descending key. NaN in x fails with
+ * QK_ERR_NON_FINITE and *nonfinite_index (if not NULL) = its lowest index (else -1); Inf is a
+ * value like any other. On CUDA the selection runs without host synchronisation (device-side
+ * counters, fixed-size outputs); the NaN index is then reported by a stream synchronisation at
+ * the end of the call.
+ */
+QK_API qk_status qk_topk(const qk_tensor* x, int64_t k, int32_t order, int32_t flags, const qk_tensor* indices,
+                         const qk_tensor* values, int64_t* nonfinite_index, qk_stream stream);
+
+/**
+ * DGC's sampled-threshold selection by |x| (APPROXIMATE: it may return fewer than k pairs).
+ * Samples ~sample_ratio of x (at least ceil(2n/k) samples; random start from `seed`, odd stride),
+ * takes the ceil(samples*k/n)-th largest sampled |x| as the threshold t and counts |x| >= t:
+ *   count >= k        -> the exact top-k among those candidates (which is the exact top-k);
+ *   0.8k <= count < k -> all `count` candidates are returned (the approximate case);
+ *   count < 0.8k      -> t *= 0.8 and count again, at most 10 rounds, then exact top-k.
+ * DGC's upper refinement bound (1.3k, above which the reference code selects exactly among the
+ * candidates) collapses to k here, because the slots are fixed: every call fills exactly k.
+ * Outputs indices I64/I32 [k], values F32 [k] or NULL, ascending index; *selected_out = number of
+ * real pairs; the remaining slots hold index -1 and value 0 (qk_dgc_decompress skips them).
+ */
+QK_API qk_status qk_topk_sampled(const qk_tensor* x, int64_t k, double sample_ratio, uint64_t seed,
+                                 const qk_tensor* indices, const qk_tensor* values, int64_t* selected_out,
+                                 int64_t* nonfinite_index, qk_stream stream);
+
+/* Error feedback of a DGC step. */
+enum qk_dgc_feedback {
+  QK_DGC_FEEDBACK_NONE = 0,     /* v = g: what is not sent is dropped (v returns it, for inspection) */
+  QK_DGC_FEEDBACK_RESIDUAL = 1, /* v = v + g: the unsent rest accumulates (error feedback) */
+  QK_DGC_FEEDBACK_MOMENTUM = 2  /* DGC momentum correction: u = m*u + g, v = v + u */
+};
+/* qk_dgc_step flags */
+#define QK_DGC_NESTEROV 1        /* momentum feedback: u = (u + g)*m, v = (v + u) + g */
+#define QK_DGC_SAMPLED 2         /* select with qk_topk_sampled's rule instead of exact top-k */
+#define QK_DGC_SKIP_FINITE_CHECK 4 /* skip the up-front NaN/Inf scan of grad (see below) */
+
+/**
+ * One fused DGC step over a contiguous F32 tensor of n elements:
+ *   g' = g * min(1, clip_norm / ||g||_2)   (local clipping when clip_norm > 0; norm in float64)
+ *   u, v updated per `feedback` (float32 operations in the reference code's order, no FMA)
+ *   select k by |v| (exact, or sampled with QK_DGC_SAMPLED), ascending index
+ *   indices[j] = idx (I32 or I64), values[j] = v[idx] as F32 or F16 (F16 saturates at +-65504)
+ *   v[idx] -= sent value (0 for F32: the residual keeps exactly what was not sent), u[idx] = 0
+ * so that, element by element and exactly, sent + residual == the accumulated v.
+ * u is read and written only with QK_DGC_FEEDBACK_MOMENTUM (may be NULL otherwise).
+ * grad is first scanned for NaN/Inf (fused with the clipping norm): on one the call fails with
+ * QK_ERR_NON_FINITE and *nonfinite_index = its lowest index, leaving u and v untouched. With
+ * QK_DGC_SKIP_FINITE_CHECK (and no clipping) that pass is skipped; a non-finite v is still
+ * detected after the update, but u and v have then been updated. *selected_out: real pairs
+ * (k, or fewer with QK_DGC_SAMPLED; empty slots hold index -1, value 0).
+ */
+QK_API qk_status qk_dgc_step(const qk_tensor* grad, const qk_tensor* u, const qk_tensor* v, int64_t k,
+                             int32_t feedback, float momentum, float clip_norm, int32_t flags, double sample_ratio,
+                             uint64_t seed, const qk_tensor* indices, const qk_tensor* values, int64_t* selected_out,
+                             int64_t* nonfinite_index, qk_stream stream);
+
+/**
+ * DGC decompression: out (F32 [n], overwritten) = (sum of the values of all pairs with index i,
+ * added in pair order) / world_size. indices: I32/I64 [m], values: F32/F16 [m] (m = P*k pairs
+ * from P ranks); index -1 marks an empty slot and is skipped; any other index outside [0, n)
+ * fails naming the pair.
+ */
+QK_API qk_status qk_dgc_decompress(const qk_tensor* indices, const qk_tensor* values, int64_t world_size,
+                                   const qk_tensor* out, qk_stream stream);
+
+/* Benchmark baselines (CPU, single-threaded as the standard library is): what a user would
+ * write with the C++ standard library. Same inputs/outputs as qk_topk with QK_TOPK_MAGNITUDE
+ * (ascending index order, ties to the lower index). Not for production use. */
+enum qk_topk_baseline { QK_TOPK_BASELINE_NTH_ELEMENT = 0, QK_TOPK_BASELINE_FULL_SORT = 1 };
+QK_API qk_status qk_topk_baseline(const qk_tensor* x, int64_t k, int32_t method, const qk_tensor* indices,
+                                  const qk_tensor* values);
+/* Benchmark baseline for the DGC step: the momentum pass alone (u = m*u + g, v = v + u; CPU, all
+ * worker threads, the same SIMD path), without the finite check, histogram or selection. */
+QK_API qk_status qk_dgc_momentum_baseline(const qk_tensor* grad, const qk_tensor* u, const qk_tensor* v,
+                                          float momentum);
+
+/* ---- DLPack exchange ------------------------------------------------------------------ */
+/* Zero-copy export/import of tensors as DLPack 1.x DLManagedTensorVersioned: include/qkern_dlpack.h
+ * (qk_dlpack_export, qk_dlpack_import, qk_dlpack_owner_*), which includes this header. */
+
 /* ---- Paged attention (paged KV cache, paged decode, partial-result merge) ------------ */
 /*
  * KV cache of one layer: k_cache and v_cache, each [num_blocks, block_size, num_kv_heads,

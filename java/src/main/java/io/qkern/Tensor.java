@@ -5,7 +5,9 @@ import io.qkern.internal.TensorStruct;
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
 import java.lang.foreign.ValueLayout;
+import java.util.ArrayList;
 import java.util.Arrays;
+import java.util.List;
 import java.util.concurrent.atomic.AtomicLong;
 
 /**
@@ -31,11 +33,20 @@ public final class Tensor implements AutoCloseable {
     private final long deviceAddress;     // CUDA tensors
     private final Arena ownedArena;       // owned host memory, else null
     private final boolean ownsDeviceMemory;
+    private final boolean readOnly;       // marked read-only by whoever lent the memory
+    private final Runnable onClose;       // returns lent memory to its owner (wrapAddress), else null
+    /** Holders outside Java (DLPack consumers) that close() waits for; guarded by itself. */
+    private final List<ExternalHold> holds = new ArrayList<>();
     /** Number of active leases, or CLOSED. */
     private final AtomicLong leases = new AtomicLong();
 
     private Tensor(DType dtype, long[] shape, Device device, MemorySegment host, long deviceAddress,
             Arena ownedArena, boolean ownsDeviceMemory) {
+        this(dtype, shape, device, host, deviceAddress, ownedArena, ownsDeviceMemory, false, null);
+    }
+
+    private Tensor(DType dtype, long[] shape, Device device, MemorySegment host, long deviceAddress,
+            Arena ownedArena, boolean ownsDeviceMemory, boolean readOnly, Runnable onClose) {
         this.dtype = dtype;
         this.shape = shape;
         this.strides = TensorStruct.contiguousStrides(shape);
@@ -46,6 +57,8 @@ public final class Tensor implements AutoCloseable {
         this.deviceAddress = deviceAddress;
         this.ownedArena = ownedArena;
         this.ownsDeviceMemory = ownsDeviceMemory;
+        this.readOnly = readOnly;
+        this.onClose = onClose;
     }
 
     // ---- creation ---------------------------------------------------------------------------------
@@ -91,6 +104,43 @@ public final class Tensor implements AutoCloseable {
             throw new IllegalStateException("segment's arena is already closed");
         }
         return new Tensor(dtype, s, Device.CPU, segment, 0, null, false);
+    }
+
+    /**
+     * A contiguous tensor over memory another library allocated and keeps alive — a device
+     * pointer from JCuda or LWJGL, an address from a DLPack producer — without copying. Like
+     * {@link MemorySegment#reinterpret}, this trusts the caller: the address must hold
+     * {@code numel * dtype.byteSize()} bytes on {@code device} for as long as the tensor is open.
+     */
+    public static Tensor wrapAddress(long address, DType dtype, Device device, long... shape) {
+        return wrapAddress(address, dtype, device, false, null, shape);
+    }
+
+    /**
+     * As {@link #wrapAddress(long, DType, Device, long...)}, and: a {@code readOnly} tensor refuses
+     * {@link #copyFrom} and {@link #fillBytes} (host memory is also mapped read-only for Java);
+     * {@code onClose} (may be null) runs once, when the tensor is closed, to hand the memory back.
+     */
+    public static Tensor wrapAddress(long address, DType dtype, Device device, boolean readOnly, Runnable onClose,
+            long... shape) {
+        if (dtype == null || device == null) {
+            throw new IllegalArgumentException("dtype and device must not be null");
+        }
+        long[] s = checkShape(shape);
+        long bytes = bytesOf(dtype, s);
+        if (address == 0 && bytes != 0) {
+            throw new IllegalArgumentException("address is 0 (NULL) for a " + dtype + " tensor of shape "
+                    + Arrays.toString(s));
+        }
+        if (address % dtype.byteSize() != 0) {
+            throw new IllegalArgumentException("address 0x" + Long.toHexString(address) + " is not aligned to the "
+                    + dtype.byteSize() + "-byte " + dtype + " element");
+        }
+        if (device.isCpu()) {
+            MemorySegment seg = MemorySegment.ofAddress(address).reinterpret(bytes);
+            return new Tensor(dtype, s, device, readOnly ? seg.asReadOnly() : seg, 0, null, false, readOnly, onClose);
+        }
+        return new Tensor(dtype, s, device, null, address, null, false, readOnly, onClose);
     }
 
     /** A new host F32 tensor holding a copy of {@code values}. */
@@ -151,9 +201,12 @@ public final class Tensor implements AutoCloseable {
         return leases.get() == CLOSED;
     }
 
-    /** True for a host tensor over read-only memory (e.g. a file mapped read-only): kernels may not write it. */
+    /**
+     * True for a tensor over read-only memory (a file mapped read-only, or memory lent read-only
+     * through {@link #wrapAddress(long, DType, Device, boolean, Runnable, long...)}): kernels may not write it.
+     */
     public boolean isReadOnly() {
-        return host != null && host.isReadOnly();
+        return readOnly || (host != null && host.isReadOnly());
     }
 
     /** The host memory of a CPU tensor. Throws for device tensors: copy them first. */
@@ -238,6 +291,9 @@ public final class Tensor implements AutoCloseable {
 
     /** Sets every byte to {@code value} (0xFF over float data reads as NaN: a poison fill). */
     public void fillBytes(int value) {
+        if (isReadOnly()) {
+            throw new IllegalStateException("tensor " + describe() + " wraps read-only memory and cannot be written");
+        }
         try (Lease l = acquire()) {
             if (host != null) {
                 host.fill((byte) value);
@@ -290,22 +346,81 @@ public final class Tensor implements AutoCloseable {
                 shape, strides);
     }
 
+    /**
+     * A user of this tensor's memory outside Java, such as a DLPack consumer, that lets go on its
+     * own thread without calling back into Java: {@link #close()} polls it and refuses to free the
+     * memory until it has let go.
+     */
+    public interface ExternalHold {
+        /** True once the holder no longer uses the memory; cheap and thread-safe. */
+        boolean released();
+
+        /** Frees the hold's own bookkeeping; called once, after {@link #released()} returned true. */
+        void dispose();
+
+        /** Names the holder in close()'s error, e.g. "a DLPack consumer". */
+        String holder();
+    }
+
+    /** Registers an outside holder of this open tensor's memory (see {@link ExternalHold}). */
+    public void hold(ExternalHold hold) {
+        if (hold == null) {
+            throw new IllegalArgumentException("hold is null");
+        }
+        synchronized (holds) {
+            ensureOpen();
+            pruneReleasedHolds();
+            holds.add(hold);
+        }
+    }
+
+    /** The outside holders (see {@link #hold}) that have not let go yet. */
+    public int externalHolds() {
+        synchronized (holds) {
+            pruneReleasedHolds();
+            return holds.size();
+        }
+    }
+
+    private void pruneReleasedHolds() {
+        holds.removeIf(h -> {
+            if (!h.released()) {
+                return false;
+            }
+            h.dispose();
+            return true;
+        });
+    }
+
     // ---- lifetime ----------------------------------------------------------------------------------------
 
-    /** Frees owned memory; idempotent. Throws if a native call still holds a lease. */
+    /**
+     * Frees owned memory (or hands lent memory back); idempotent. Throws if a native call still
+     * holds a lease or an outside holder (a DLPack consumer) has not let go.
+     */
     @Override
     public void close() {
-        for (;;) {
-            long v = leases.get();
-            if (v == CLOSED) {
-                return;
+        synchronized (holds) {  // hold() checks openness under the same lock: no hold slips past close
+            for (;;) {
+                long v = leases.get();
+                if (v == CLOSED) {
+                    return;
+                }
+                if (v > 0) {
+                    throw new IllegalStateException("tensor " + describe() + " is in use by a native call");
+                }
+                pruneReleasedHolds();
+                if (!holds.isEmpty()) {
+                    throw new IllegalStateException("tensor " + describe() + " is still used by " + holds.size()
+                            + " outside holder(s) (" + holds.get(0).holder() + "): its memory stays until they let go");
+                }
+                if (leases.compareAndSet(0, CLOSED)) {
+                    break;
+                }
             }
-            if (v > 0) {
-                throw new IllegalStateException("tensor " + describe() + " is in use by a native call");
-            }
-            if (leases.compareAndSet(0, CLOSED)) {
-                break;
-            }
+        }
+        if (onClose != null) {
+            onClose.run();
         }
         if (ownedArena != null) {
             ownedArena.close();

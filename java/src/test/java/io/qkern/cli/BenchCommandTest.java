@@ -36,6 +36,20 @@ class BenchCommandTest {
     }
 
     @Test
+    void topkReportsTheSelectionBesideItsBaselines() {
+        CliTest.Result r = expect(0, "bench", "topk", "--quick", "--json");
+        Set<String> kernels = new TreeSet<>();
+        for (String line : r.out().strip().split("\n")) {
+            @SuppressWarnings("unchecked")
+            Map<String, Object> row = (Map<String, Object>) Json.parse(line);
+            assertEquals(FIELDS, row.keySet().stream().limit(FIELDS.size()).toList(), line);
+            kernels.add((String) row.get("kernel"));
+        }
+        assertEquals(new TreeSet<>(List.of("topk_exact", "nth_element_baseline", "full_sort_baseline", "dgc_step",
+                "momentum_pass_baseline")), kernels, r.out());
+    }
+
+    @Test
     void tableAndListAndUnknownSuite() {
         CliTest.Result table = expect(0, "bench", "nf4", "--quick");
         assertTrue(table.out().startsWith("kernel"), table.out());

@@ -1,0 +1,16 @@
+// Top-k / DGC CUDA entry points of a build without nvcc: CUDA is reported unavailable.
+#include "internal.h"
+#include "topk/topk_cuda.h"
+
+namespace qk::cuda {
+
+qk_status topk(const qk_tensor*, int64_t, int32_t, int32_t, const qk_tensor*, const qk_tensor*, int64_t*, qk_stream) {
+  return fail(QK_ERR_BACKEND_UNAVAILABLE, "qk_topk: this qkern build has no CUDA kernels (built without nvcc)");
+}
+
+qk_status dgc_step(const qk_tensor*, const qk_tensor*, const qk_tensor*, int64_t, int32_t, float, float, int32_t,
+                   double, uint64_t, const qk_tensor*, const qk_tensor*, int64_t*, int64_t*, qk_stream) {
+  return fail(QK_ERR_BACKEND_UNAVAILABLE, "qk_dgc_step: this qkern build has no CUDA kernels (built without nvcc)");
+}
+
+}  // namespace qk::cuda

@@ -1,0 +1,36 @@
+// Exact radix select and DGC sampled-threshold selection on the CPU (topk_select.cpp).
+#pragma once
+#include <stdint.h>
+
+#include "qkern.h"
+#include "topk/topk_cpu.h"
+
+namespace qk::topk {
+
+// Work is split into fixed parts of kPartLen elements, independent of the thread count, so
+// every per-part partial result (histograms, sums) and hence every output is the same however
+// many threads run.
+constexpr int64_t kPartLen = (int64_t)1 << 18;
+inline int64_t part_count(int64_t n) { return n <= 0 ? 0 : (n + kPartLen - 1) / kPartLen; }
+inline int64_t part_begin(int64_t p) { return p * kPartLen; }
+inline int64_t part_end(int64_t p, int64_t n) { return n - p * kPartLen < kPartLen ? n : (p + 1) * kPartLen; }
+
+const CpuKernels& kernels();  // for the current cpu_path()
+
+// Exact top-k of the n elements bits[0, n) by key_of(order): writes exactly k (bits, index)
+// pairs in ascending index order (index = src_index[i], or i when src_index is null).
+// hist0: optional pass-0 histograms already computed by the caller over the same source and
+// part split (part_count(n) x kBins, magnitude order only). NaN input: returns
+// QK_ERR_NON_FINITE with *nan_index = its lowest index (after src_index mapping).
+qk_status select_exact(const uint32_t* bits, const int64_t* src_index, int64_t n, int64_t k, int order,
+                       const uint32_t* hist0, uint32_t* out_bits, int64_t* out_index, int64_t* nan_index);
+
+// DGC sampled-threshold selection by magnitude (approximate; see qk_topk_sampled in qkern.h).
+// Writes *selected (<= k) real pairs in ascending index order to out_bits/out_index.
+qk_status select_sampled(const uint32_t* bits, int64_t n, int64_t k, double sample_ratio, uint64_t seed,
+                         uint32_t* out_bits, int64_t* out_index, int64_t* selected, int64_t* nan_index);
+
+// The lowest index i in [0, n) with is_nan_bits(bits[i]) (or non-finite when `nonfinite`), or -1.
+int64_t first_nan(const uint32_t* bits, int64_t n, bool nonfinite);
+
+}  // namespace qk::topk
