@@ -396,6 +396,83 @@ QK_API qk_status qk_dgc_momentum_baseline(const qk_tensor* grad, const qk_tensor
 /* Zero-copy export/import of tensors as DLPack 1.x DLManagedTensorVersioned: include/qkern_dlpack.h
  * (qk_dlpack_export, qk_dlpack_import, qk_dlpack_owner_*), which includes this header. */
 
+/* ---- Paged attention (paged KV cache, paged decode, partial-result merge) ------------ */
+/*
+ * KV cache of one layer: k_cache and v_cache, each [num_blocks, block_size, num_kv_heads,
+ * head_dim], dtype F32/F16/BF16 (both the same), block_size 8..256. Each block must be
+ * contiguous (row-major inside the block); the block stride (strides[0]) is free, so K and V
+ * may interleave in one allocation. Slot s = block * block_size + offset.
+ * Every block id, slot and length is validated before any cache memory is read or written:
+ * a bad one fails with QK_ERR_INVALID_ARGUMENT naming it (on CUDA the decode kernels check on
+ * the device and the call synchronizes its stream to report a bad id).
+ */
+
+/**
+ * Writes key/value [T, num_kv_heads, head_dim] (F32/F16/BF16, converted with round-to-nearest-
+ * even to the cache dtype; last dim contiguous) into the slots `slot_mapping` (I64 [T]) names.
+ * A negative slot skips that token; a slot >= num_blocks * block_size, or two tokens naming one
+ * slot, fails before anything is written.
+ */
+QK_API qk_status qk_attention_write_kv(const qk_tensor* key, const qk_tensor* value, const qk_tensor* k_cache,
+                                       const qk_tensor* v_cache, const qk_tensor* slot_mapping, qk_stream stream);
+
+/**
+ * Copies whole blocks inside one cache (copy-on-write): block_mapping I64 [N, 2] of (src, dst).
+ * Destinations must be distinct and no destination may also be a source (the result would
+ * depend on the order).
+ */
+QK_API qk_status qk_attention_copy_blocks(const qk_tensor* cache, const qk_tensor* block_mapping, qk_stream stream);
+
+/**
+ * Copies blocks between two caches of the same dtype and block shape that may live on different
+ * devices (swap out: CUDA -> host, swap in: host -> CUDA; host -> host on the CPU):
+ * block_mapping I64 [N, 2] of (src block in src_cache, dst block in dst_cache), destinations distinct.
+ * On CUDA the copies are queued on `stream` (the stream of the CUDA side).
+ */
+QK_API qk_status qk_attention_swap_blocks(const qk_tensor* src_cache, const qk_tensor* dst_cache,
+                                          const qk_tensor* block_mapping, qk_stream stream);
+
+/**
+ * Decode attention over a paged cache with a padded page table:
+ *   q [B, Hq, D] (F32/F16/BF16, last dim contiguous), block_tables I32 [B, max_blocks],
+ *   seq_lens I32 [B] (0 <= seq_len <= max_blocks * block_size; only the first
+ *   ceil(seq_len / block_size) ids of a row are read and validated).
+ *   out [B, Hq, D] F32/F16/BF16 contiguous; lse F32 [B, Hq] contiguous or NULL.
+ * out = softmax(scale * q K^T) V per (sequence, query head); lse = natural-log log-sum-exp of
+ * the scaled scores. Query head h uses KV head h / (Hq / Hkv) (GQA/MQA; Hq % Hkv == 0); one
+ * work item reads a KV head's blocks once for its whole query group. A sequence of length 0
+ * gives out = 0 and lse = -inf. partition_blocks > 0 splits each sequence into partitions of
+ * that many blocks (split-KV) whose partial results are merged; 0 lets qkern choose.
+ */
+QK_API qk_status qk_attention_paged_decode(const qk_tensor* q, const qk_tensor* k_cache, const qk_tensor* v_cache,
+                                           const qk_tensor* block_tables, const qk_tensor* seq_lens, float scale,
+                                           int64_t partition_blocks, const qk_tensor* out, const qk_tensor* lse,
+                                           qk_stream stream);
+
+/**
+ * As qk_attention_paged_decode, with a CSR page table: kv_indptr I32 [B + 1] (kv_indptr[0] == 0,
+ * non-decreasing, kv_indptr[B] <= len(kv_indices)), kv_indices I32 [nnz], kv_last_page_len
+ * I32 [B] (1..block_size tokens in the last page of a sequence with pages; 0 for one without).
+ * Sequence b reads pages kv_indices[kv_indptr[b] .. kv_indptr[b+1]); all but its last are full.
+ */
+QK_API qk_status qk_attention_paged_decode_csr(const qk_tensor* q, const qk_tensor* k_cache,
+                                               const qk_tensor* v_cache, const qk_tensor* kv_indptr,
+                                               const qk_tensor* kv_indices, const qk_tensor* kv_last_page_len,
+                                               float scale, int64_t partition_blocks, const qk_tensor* out,
+                                               const qk_tensor* lse, qk_stream stream);
+
+/**
+ * Merges two partial attention results over disjoint key sets (all F32, contiguous):
+ * out_a, out_b, out [..., D] and lse_a, lse_b, lse [...] (out has numel(lse) * D elements).
+ *   M = max(lse_a, lse_b); wa = exp(lse_a - M); wb = exp(lse_b - M)
+ *   out = (wa * out_a + wb * out_b) / (wa + wb); lse = M + log(wa + wb)
+ * An empty partial (lse = -inf) contributes nothing; two empty ones give out = 0, lse = -inf.
+ * out/lse may be the very same buffers as out_a/lse_a (or _b) for in-place accumulation.
+ */
+QK_API qk_status qk_attention_merge(const qk_tensor* out_a, const qk_tensor* lse_a, const qk_tensor* out_b,
+                                    const qk_tensor* lse_b, const qk_tensor* out, const qk_tensor* lse,
+                                    qk_stream stream);
+
 #ifdef __cplusplus
 }
 #endif

@@ -7,7 +7,7 @@ final class BenchSuites {
     private BenchSuites() {}
 
     static List<BenchSuite> all() {
-        return List.of(new Nf4Bench(), new ApmmBench(), new TopkBench());
+        return List.of(new Nf4Bench(), new ApmmBench(), new TopkBench(), new AttentionBench());
     }
 
     static BenchSuite find(String name) throws UsageException {

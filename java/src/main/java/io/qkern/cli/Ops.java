@@ -17,7 +17,7 @@ final class Ops {
 
     static List<Op> all() {
         return List.of(new Nf4Quantize(), new Nf4Dequantize(), new ApmmOps.Matmul(), new ApmmOps.Linear(),
-                new TopkOps.Select(), new TopkOps.DgcStep());
+                new TopkOps.Select(), new TopkOps.DgcStep(), new AttentionOps.PagedDecode(), new AttentionOps.Merge());
     }
 
     static Op find(String name) throws UsageException {

@@ -1,0 +1,327 @@
+// Paged decode attention for AVX2 + FMA + F16C. Compiled with those flags only in this file and
+// reached only after cpuid says the CPU has them.
+//
+// Per page and per tile of up to 8 query heads of the group: scores for every token of the
+// page (the K row is widened once per 8-lane chunk and multiplied into up to 8 accumulators,
+// then one transposing reduction yields the 8 heads' scores as one vector), an online-softmax
+// update done 8 heads at a time, then V accumulated 8 output lanes x up to 8 heads in
+// registers. Pages are the outer loop, so every K/V page comes from memory once per group.
+#include <immintrin.h>
+#include <math.h>
+#include <string.h>
+
+#include "attention/attention_cpu.h"
+#include "qkern.h"
+
+namespace qk::attention {
+namespace {
+
+// exp(x) for float32 lanes: x = n ln2 + r with |r| <= ln2/2, a degree-6 polynomial for e^r
+// (relative error ~2e-7), 2^n by exponent arithmetic. Lanes below -87.3 (and -inf) give 0.
+inline __m256 exp8(__m256 x) {
+  const __m256 hi = _mm256_set1_ps(88.3762626647949f), lo = _mm256_set1_ps(-87.3365447505531f);
+  const __m256 underflow = _mm256_cmp_ps(x, lo, _CMP_LT_OQ);
+  x = _mm256_min_ps(_mm256_max_ps(x, lo), hi);
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+  p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  const __m256 result = _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+  return _mm256_andnot_ps(underflow, result);
+}
+
+template <int DT>
+inline __m256 load8(const void* base, int64_t i) {
+  if constexpr (DT == QK_F16) {
+    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)((const uint16_t*)base + i)));
+  } else if constexpr (DT == QK_BF16) {
+    return _mm256_castsi256_ps(
+        _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)((const uint16_t*)base + i))), 16));
+  } else {
+    return _mm256_loadu_ps((const float*)base + i);
+  }
+}
+
+// Lane g of the result = the sum of the 8 lanes of v[g].
+inline __m256 transpose_sum8(const __m256* v) {
+  const __m256 t0 = _mm256_hadd_ps(v[0], v[1]), t1 = _mm256_hadd_ps(v[2], v[3]);
+  const __m256 t2 = _mm256_hadd_ps(v[4], v[5]), t3 = _mm256_hadd_ps(v[6], v[7]);
+  const __m256 u0 = _mm256_hadd_ps(t0, t1), u1 = _mm256_hadd_ps(t2, t3);
+  return _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
+}
+
+// Tokens of V accumulated per pass over the output lanes: their rows stay in L1 while the
+// D/8 chunks are walked.
+constexpr int64_t kVTile = 32;
+
+// Accumulates V for output chunks [d, d + 8*CH) of GT heads over tokens [t0, t1):
+// acc[g][d..] = acc[g][d..] * alpha[g] (first token tile only) + sum_t p[t][g] * V[t][d..].
+template <int DT, int GT, int CH>
+inline void accumulate_v(const void* v, const int64_t* v_rows, int64_t head_off, int64_t t0, int64_t t1, int d, int D,
+                         const float* p, const float* alpha, float* acc) {
+  __m256 o[GT][CH];
+  for (int g = 0; g < GT; g++)
+    for (int c = 0; c < CH; c++) {
+      o[g][c] = _mm256_loadu_ps(acc + g * D + d + 8 * c);
+      if (t0 == 0) o[g][c] = _mm256_mul_ps(o[g][c], _mm256_set1_ps(alpha[g]));
+    }
+  for (int64_t t = t0; t < t1; t++) {
+    __m256 vv[CH];
+    for (int c = 0; c < CH; c++) vv[c] = load8<DT>(v, v_rows[t] + head_off + d + 8 * c);
+    for (int g = 0; g < GT; g++) {
+      const __m256 pg = _mm256_broadcast_ss(p + t * GT + g);
+      for (int c = 0; c < CH; c++) o[g][c] = _mm256_fmadd_ps(pg, vv[c], o[g][c]);
+    }
+  }
+  for (int g = 0; g < GT; g++)
+    for (int c = 0; c < CH; c++) _mm256_storeu_ps(acc + g * D + d + 8 * c, o[g][c]);
+}
+
+// Tokens per softmax update: a tile gathers rows across pages through per-token offsets, so
+// small blocks (8, 16 tokens) cost the same per token as large ones.
+constexpr int kTile = 64;
+
+// Rows of the next tile to pull toward the cache while this one runs: row i spans
+// [rows[i], rows[i] + row_bytes) of K (and of V at v_rows[i]), all KV heads of one token. A
+// cursor walks the slice a few lines per step (no division per line: this runs in the hot loop).
+struct Prefetch {
+  const char* k;
+  const char* v;
+  const int64_t* k_rows;  // byte offsets
+  const int64_t* v_rows;
+  int first, count;       // the slice of rows this call prefetches
+  int64_t row_bytes;
+  int row = 0;            // cursor: current row of the slice and byte offset in it
+  int64_t line = 0;
+};
+
+// Prefetches the next `lines` cache lines of the slice.
+inline void prefetch_lines(Prefetch& pf, int64_t lines) {
+  for (; lines > 0 && pf.row < pf.count; lines--) {
+    _mm_prefetch(pf.k + pf.k_rows[pf.first + pf.row] + pf.line, _MM_HINT_T0);
+    _mm_prefetch(pf.v + pf.v_rows[pf.first + pf.row] + pf.line, _MM_HINT_T0);
+    pf.line += 64;
+    if (pf.line >= pf.row_bytes) {
+      pf.line = 0;
+      pf.row++;
+    }
+  }
+}
+
+// One tile of tokens for a tile of GT (1..8) query heads; token t's K row starts at element
+// k_rows[t] + head_off (V: v_rows[t] + head_off). p: scores, then probabilities, as
+// [token][GT]; m, l: running max and sum per head; acc: GT x D unnormalized output.
+// With GT dividing 8, TT = 8 / GT tokens are scored per step so 8 independent FMA chains are
+// in flight even for MQA-like groups of 1, and one transposing reduction yields all 8 scores.
+// pf: a slice of the next page, prefetched a part per step.
+template <int DT, int GT>
+void page_tile(const void* k, const void* v, const int64_t* k_rows, const int64_t* v_rows, int64_t head_off,
+               int64_t tokens, int D, const float* q, float scale, float* p, float* m, float* l, float* acc,
+               Prefetch& pf) {
+  constexpr bool kLanesAreHeads = 8 % GT == 0;  // lane j of an 8-float chunk of p is head j % GT
+  constexpr int TT = kLanesAreHeads ? 8 / GT : 1;
+  const __m256 vscale = _mm256_set1_ps(scale);
+  const int64_t steps = (tokens + TT - 1) / TT;
+  const int64_t lines_per_step = (pf.count * ((pf.row_bytes + 63) / 64) + steps - 1) / steps;
+  for (int64_t step = 0; step < steps; step++) {
+    const int64_t t = step * TT;
+    if (pf.count) prefetch_lines(pf, lines_per_step);
+    __m256 dot[8];
+    for (int j = 0; j < 8; j++) dot[j] = _mm256_setzero_ps();
+    for (int d = 0; d < D; d += 8) {
+      if constexpr (GT <= 4) {  // q chunks in registers, reused by the TT tokens (one load each)
+        __m256 qr[GT];
+        for (int g = 0; g < GT; g++) qr[g] = _mm256_loadu_ps(q + g * D + d);
+        for (int tt = 0; tt < TT; tt++) {
+          // a token past the tile's end re-reads the last valid row; its score is masked below
+          const __m256 kv = load8<DT>(k, k_rows[t + tt < tokens ? t + tt : tokens - 1] + head_off + d);
+          for (int g = 0; g < GT; g++) dot[tt * GT + g] = _mm256_fmadd_ps(qr[g], kv, dot[tt * GT + g]);
+        }
+      } else {  // TT = 1; q comes from L1 as the FMA's memory operand (registers are all taken)
+        const __m256 kv = load8<DT>(k, k_rows[t < tokens ? t : tokens - 1] + head_off + d);
+        for (int g = 0; g < GT; g++) dot[g] = _mm256_fmadd_ps(_mm256_loadu_ps(q + g * D + d), kv, dot[g]);
+      }
+    }
+    __m256 sc = _mm256_mul_ps(transpose_sum8(dot), vscale);
+    if (kLanesAreHeads) {
+      if (t + TT > tokens) {  // lanes of tokens past the end get -inf: weight exactly 0
+        const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        const __m256i valid = _mm256_set1_epi32((int)((tokens - t) * GT));
+        sc = _mm256_blendv_ps(_mm256_set1_ps(-INFINITY), sc, _mm256_castsi256_ps(_mm256_cmpgt_epi32(valid, lane)));
+      }
+      _mm256_storeu_ps(p + t * GT, sc);
+    } else {
+      alignas(32) float lanes[8];
+      _mm256_store_ps(lanes, sc);
+      for (int g = 0; g < GT; g++) p[t * GT + g] = lanes[g];
+    }
+  }
+
+  alignas(32) float alpha[8];
+  if (kLanesAreHeads) {
+    // p holds steps * 8 floats; lane j belongs to head j % GT
+    const int64_t chunks = steps * TT * GT / 8;
+    __m256 vmax = _mm256_set1_ps(-INFINITY);
+    for (int64_t i = 0; i < chunks; i++) vmax = _mm256_max_ps(vmax, _mm256_loadu_ps(p + 8 * i));
+    alignas(32) float lane_max[8], m_lanes[8];
+    _mm256_store_ps(lane_max, vmax);
+    for (int g = 0; g < GT; g++) {
+      float mx = lane_max[g];
+      for (int j = g + GT; j < 8; j += GT) mx = fmaxf(mx, lane_max[j]);
+      const float m_new = fmaxf(m[g], mx);
+      alpha[g] = m[g] == -INFINITY ? 0.0f : expf(m[g] - m_new);
+      m[g] = m_new;
+    }
+    for (int j = 0; j < 8; j++) m_lanes[j] = m[j % GT];
+    const __m256 vm = _mm256_load_ps(m_lanes);
+    __m256 sum = _mm256_setzero_ps();
+    for (int64_t i = 0; i < chunks; i++) {
+      const __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(p + 8 * i), vm));
+      _mm256_storeu_ps(p + 8 * i, e);
+      sum = _mm256_add_ps(sum, e);
+    }
+    alignas(32) float lane_sum[8];
+    _mm256_store_ps(lane_sum, sum);
+    for (int g = 0; g < GT; g++) {
+      float total = 0.0f;
+      for (int j = g; j < 8; j += GT) total += lane_sum[j];
+      l[g] = l[g] * alpha[g] + total;
+    }
+  } else {
+    for (int g = 0; g < GT; g++) {
+      float mx = -INFINITY;
+      for (int64_t t = 0; t < tokens; t++) mx = fmaxf(mx, p[t * GT + g]);
+      const float m_new = fmaxf(m[g], mx);
+      alpha[g] = m[g] == -INFINITY ? 0.0f : expf(m[g] - m_new);
+      float total = 0.0f;
+      for (int64_t t = 0; t < tokens; t++) {
+        const float e = expf(p[t * GT + g] - m_new);
+        p[t * GT + g] = e;
+        total += e;
+      }
+      l[g] = l[g] * alpha[g] + total;
+      m[g] = m_new;
+    }
+  }
+
+  // V: CH output chunks per pass so GT * CH = 8 independent accumulators
+  constexpr int CH = kLanesAreHeads ? 8 / GT : 1;
+  for (int64_t t0 = 0; t0 < tokens; t0 += kVTile) {
+    const int64_t t1 = tokens < t0 + kVTile ? tokens : t0 + kVTile;
+    int d = 0;
+    for (; d + 8 * CH <= D; d += 8 * CH) accumulate_v<DT, GT, CH>(v, v_rows, head_off, t0, t1, d, D, p, alpha, acc);
+    for (; d < D; d += 8) accumulate_v<DT, GT, 1>(v, v_rows, head_off, t0, t1, d, D, p, alpha, acc);
+  }
+}
+
+template <int DT>
+void page_tiles(const CacheView& c, const int64_t* k_rows, const int64_t* v_rows, int64_t head_off, int64_t tokens,
+                const float* q, int group, float scale, float* s, float* m, float* l, float* acc, Prefetch& pf) {
+  const int D = c.head_dim;
+  Prefetch none = pf;
+  none.count = 0;
+  // Tiles of at most 4 heads: with 4 (2 tokens per step, q in registers; 2 output chunks per V
+  // pass) there are 0.75 loads per FMA, with 8 heads 1.125 (q and the probabilities come from L1
+  // for every FMA), and the loads, not the FMAs, would set the pace. A group of 8 reads each row
+  // twice, the second time from cache.
+  for (int g0 = 0; g0 < group; g0 += 4) {
+    const int gt = group - g0 < 4 ? group - g0 : 4;
+    const float* qt = q + (int64_t)g0 * D;
+    float* at = acc + (int64_t)g0 * D;
+    // only the first tile prefetches: later tiles of a large group find the rows in cache
+    Prefetch& tile_pf = g0 == 0 ? pf : none;
+#define QK_TILE(N)                                                                                               \
+  case N:                                                                                                        \
+    page_tile<DT, N>(c.k, c.v, k_rows, v_rows, head_off, tokens, D, qt, scale, s, m + g0, l + g0, at, tile_pf); \
+    break;
+    switch (gt) {
+      QK_TILE(1) QK_TILE(2) QK_TILE(3) QK_TILE(4)
+    }
+#undef QK_TILE
+  }
+}
+
+void decode_avx2(const CacheView& c, const int32_t* pages, int64_t num_pages, int64_t last_page_len, const float* q,
+                 int kv_heads, int group, float scale, float* out, float* lse, float* scratch) {
+  const int D = c.head_dim;
+  if (D % 8 != 0) {
+    decode_scalar(c, pages, num_pages, last_page_len, q, kv_heads, group, scale, out, lse, scratch);
+    return;
+  }
+  // per KV head: acc (padded x D), m and l (padded; lanes past `group` are computed and ignored)
+  const int padded = (group + 7) / 8 * 8;
+  const int64_t head_floats = (int64_t)padded * D + 2 * padded;
+  float* s = scratch + kv_heads * head_floats;  // kTile x 8 (+ 8 of padding)
+  for (int kvh = 0; kvh < kv_heads; kvh++) {
+    float* acc = scratch + kvh * head_floats;
+    float* m = acc + (int64_t)padded * D;
+    memset(acc, 0, sizeof(float) * (size_t)group * (size_t)D);
+    for (int g = 0; g < padded; g++) {
+      m[g] = -INFINITY;
+      m[padded + g] = 0.0f;
+    }
+  }
+  const int64_t es = c.dtype == QK_F32 ? 4 : 2;
+  const int64_t total = num_pages ? (num_pages - 1) * c.block_size + last_page_len : 0;
+  // element offsets of this tile's rows (all heads of a token; a head adds kvh * D), and byte
+  // offsets of the next tile's rows for the prefetcher (the next page is at an unrelated address,
+  // which the hardware prefetchers cannot guess)
+  int64_t k_rows[kTile], v_rows[kTile], next_k[kTile], next_v[kTile];
+  for (int64_t t0 = 0; t0 < total; t0 += kTile) {
+    const int64_t n = total - t0 < kTile ? total - t0 : kTile;
+    for (int64_t i = 0; i < n; i++) {
+      const int64_t tok = t0 + i, page = pages[tok / c.block_size], off = tok % c.block_size;
+      k_rows[i] = page * c.k_block_stride + off * c.token_stride;
+      v_rows[i] = page * c.v_block_stride + off * c.token_stride;
+    }
+    const int64_t next_n = total - t0 - n < kTile ? total - t0 - n : kTile;
+    for (int64_t i = 0; i < next_n; i++) {
+      const int64_t tok = t0 + n + i, page = pages[tok / c.block_size], off = tok % c.block_size;
+      next_k[i] = (page * c.k_block_stride + off * c.token_stride) * es;
+      next_v[i] = (page * c.v_block_stride + off * c.token_stride) * es;
+    }
+    for (int kvh = 0; kvh < kv_heads; kvh++) {
+      float* acc = scratch + kvh * head_floats;
+      float* m = acc + (int64_t)padded * D;
+      float* l = m + padded;
+      const int first = (int)(next_n * kvh / kv_heads), last = (int)(next_n * (kvh + 1) / kv_heads);
+      Prefetch pf{(const char*)c.k, (const char*)c.v, next_k, next_v, first, last - first, c.token_stride * es};
+      const float* qh = q + (int64_t)kvh * group * D;
+      const int64_t head_off = (int64_t)kvh * D;
+      switch (c.dtype) {
+        case QK_F16: page_tiles<QK_F16>(c, k_rows, v_rows, head_off, n, qh, group, scale, s, m, l, acc, pf); break;
+        case QK_BF16: page_tiles<QK_BF16>(c, k_rows, v_rows, head_off, n, qh, group, scale, s, m, l, acc, pf); break;
+        default: page_tiles<QK_F32>(c, k_rows, v_rows, head_off, n, qh, group, scale, s, m, l, acc, pf); break;
+      }
+    }
+  }
+  for (int kvh = 0; kvh < kv_heads; kvh++) {
+    const float* acc = scratch + kvh * head_floats;
+    const float* m = acc + (int64_t)padded * D;
+    const float* l = m + padded;
+    for (int g = 0; g < group; g++) {
+      const int64_t h = (int64_t)kvh * group + g;
+      const float inv = l[g] > 0.0f ? 1.0f / l[g] : 0.0f;
+      const float* ag = acc + (int64_t)g * D;
+      for (int d = 0; d < D; d += 8) _mm256_storeu_ps(out + h * D + d, _mm256_mul_ps(_mm256_loadu_ps(ag + d), _mm256_set1_ps(inv)));
+      lse[h] = l[g] > 0.0f ? m[g] + logf(l[g]) : -INFINITY;
+    }
+  }
+}
+
+}  // namespace
+
+const CpuKernels& avx2_kernels() {
+  static const CpuKernels k = {decode_avx2};
+  return k;
+}
+
+}  // namespace qk::attention

@@ -1,0 +1,49 @@
+// Paged decode attention on the CPU: one table of kernels per SIMD path. The ABI layer
+// (attention_api.cpp) validates every page id and length before a kernel runs; kernels trust
+// their arguments.
+#pragma once
+#include <stdint.h>
+
+namespace qk::attention {
+
+// Where one layer's K and V live. Element (block, token, head, d) of K is at
+// k + (block * k_block_stride + token * token_stride + head * head_dim + d) elements.
+struct CacheView {
+  const void* k;
+  const void* v;
+  int64_t k_block_stride;  // elements
+  int64_t v_block_stride;
+  int64_t token_stride;    // num_kv_heads * head_dim
+  int32_t dtype;           // QK_F32 / QK_F16 / QK_BF16
+  int32_t block_size;
+  int32_t head_dim;
+};
+
+// Scratch floats one decode call needs for kv_heads query groups of `group` heads.
+inline int64_t decode_scratch_floats(int kv_heads, int group, int head_dim, int block_size) {
+  const int64_t padded_group = (group + 7) / 8 * 8;
+  const int64_t tile = block_size > 64 ? block_size : 64;  // the SIMD kernels score 64-token tiles
+  return (int64_t)kv_heads * (padded_group * head_dim + 2 * padded_group) + padded_group * tile + 64;
+}
+
+struct CpuKernels {
+  // Softmax attention of one sequence's kv_heads * group query heads (q: [kv_heads][group]
+  // [head_dim] float32; query head h uses KV head h / group) over pages[0..num_pages): every
+  // page is full except the last, which holds `last_page_len` tokens. Writes the normalized
+  // output (same layout as q) and lse (natural log of the sum of exp(scale * q.k)); no pages
+  // gives out = 0, lse = -inf. A page is walked block by block for all KV heads (the block is
+  // contiguous, so the walk streams through memory), and each KV head's rows are read once for
+  // its whole query group.
+  void (*decode)(const CacheView& cache, const int32_t* pages, int64_t num_pages, int64_t last_page_len,
+                 const float* q, int kv_heads, int group, float scale, float* out, float* lse, float* scratch);
+};
+
+const CpuKernels& scalar_kernels();
+const CpuKernels& avx2_kernels();
+const CpuKernels& avx512_kernels();
+
+// The scalar kernel, which the SIMD files fall back to for head_dim they do not tile.
+void decode_scalar(const CacheView& cache, const int32_t* pages, int64_t num_pages, int64_t last_page_len,
+                   const float* q, int kv_heads, int group, float scale, float* out, float* lse, float* scratch);
+
+}  // namespace qk::attention

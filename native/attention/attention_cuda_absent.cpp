@@ -1,0 +1,35 @@
+// The paged-attention CUDA entry points of a libqkern built without nvcc: they fail cleanly.
+#include "attention/attention_cuda.h"
+
+namespace qk::cuda {
+namespace {
+
+qk_status absent(const char* function) {
+  return qk::fail(QK_ERR_BACKEND_UNAVAILABLE,
+                  "%s: this libqkern was built without CUDA (nvcc was not found when it was compiled)", function);
+}
+
+}  // namespace
+
+qk_status attention_write_kv(const qk_tensor*, const qk_tensor*, const qk_tensor*, const qk_tensor*,
+                             const qk_tensor*, qk_stream) {
+  return absent("qk_attention_write_kv");
+}
+
+qk_status attention_paged_decode(const qk_tensor*, const qk_tensor*, const qk_tensor*, const qk_tensor*,
+                                 const qk_tensor*, float, int64_t, const qk_tensor*, const qk_tensor*, qk_stream) {
+  return absent("qk_attention_paged_decode");
+}
+
+qk_status attention_paged_decode_csr(const qk_tensor*, const qk_tensor*, const qk_tensor*, const qk_tensor*,
+                                     const qk_tensor*, const qk_tensor*, float, int64_t, const qk_tensor*,
+                                     const qk_tensor*, qk_stream) {
+  return absent("qk_attention_paged_decode_csr");
+}
+
+qk_status attention_merge(const qk_tensor*, const qk_tensor*, const qk_tensor*, const qk_tensor*, const qk_tensor*,
+                          const qk_tensor*, qk_stream) {
+  return absent("qk_attention_merge");
+}
+
+}  // namespace qk::cuda
