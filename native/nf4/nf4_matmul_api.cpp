@@ -29,7 +29,9 @@ using namespace qk;
 constexpr int64_t kTileRows = 48;   // weight rows per decoded tile (a multiple of the dot kernel's 3)
 constexpr int64_t kTileCols = 256;  // columns per tile: 48 x 256 floats = 48 KiB, L2-resident
 constexpr int64_t kTileLd = kTileCols + 16;
-constexpr int64_t kBandRows = 10 * kTileRows;  // input gradient, few rows: W rows per partial sum  // row pitch: a 1 KiB pitch maps a tile column onto 4 L1 sets
+constexpr int64_t kBandRows = 10 * kTileRows;
+constexpr int64_t kGemvChunk = 4096;  // GEMV columns per pass: 16 KiB of float32 activations per row, L1-resident
+constexpr int64_t kGemvBand = 32;     // GEMV rows per band when rows are longer than a chunk  // input gradient, few rows: W rows per partial sum  // row pitch: a 1 KiB pitch maps a tile column onto 4 L1 sets
 constexpr float kTable[16] = QK_NF4_TABLE;
 
 const nf4mm::Kernels& kernels() {
@@ -85,7 +87,7 @@ void decode_any(const uint8_t* packed, const float* absmax, int64_t k, int64_t b
         if (col < k) {
           const int64_t i = row * k + col;
           const uint8_t byte = packed[i >> 1];
-          v = kTable[(i & 1) ? (byte & 15) : (byte >> 4)] * absmax[i / blocksize];
+          v = kTable[(i & 1) ? (byte & 15) : (byte >> 4)] * absmax[i >> nf4mm::block_shift(blocksize)];
         }
         dst[c + q] = v;
       }
@@ -164,9 +166,28 @@ void forward_cpu(const qk_tensor* x, const Weights& w, const qk_tensor* bias, co
     acc = scratch.data();
   }
   if (m <= nf4mm::kGemvMaxRows && w.aligned) {
-    parallel_for(n, std::max<int64_t>(1, 32768 / w.k), [&](int64_t n0, int64_t n1) {
-      kern.gemv(w.packed, w.absmax, w.k, w.blocksize, n0, n1, xq.data(), w.kp, m, acc, n);
-    });
+    if (w.k <= kGemvChunk) {
+      parallel_for(n, std::max<int64_t>(1, 32768 / std::max<int64_t>(w.k, 1)), [&](int64_t n0, int64_t n1) {
+        kern.gemv(w.packed, w.absmax, w.k, w.blocksize, n0, n1, 0, w.k, xq.data(), w.kp, m, acc + n0, n);
+      });
+    } else {
+      // Long rows: the activations would not stay in L1 across a row, so bands of rows walk k
+      // in chunks (x chunk in L1) and add the chunk sums in chunk order.
+      parallel_for(n, kGemvBand, [&](int64_t n0, int64_t n1) {
+        std::vector<float> part((size_t)(m * kGemvBand));
+        for (int64_t b0 = n0; b0 < n1; b0 += kGemvBand) {
+          const int64_t b1 = std::min(n1, b0 + kGemvBand);
+          for (int64_t k0 = 0; k0 < w.k; k0 += kGemvChunk) {
+            const int64_t klen = std::min(kGemvChunk, w.k - k0);
+            kern.gemv(w.packed, w.absmax, w.k, w.blocksize, b0, b1, k0, klen, xq.data() + k0, w.kp, m, part.data(),
+                      kGemvBand);
+            for (int64_t i = 0; i < m; i++)
+              for (int64_t r = b0; r < b1; r++)
+                acc[i * n + r] = (k0 == 0 ? 0.0f : acc[i * n + r]) + part[(size_t)(i * kGemvBand + (r - b0))];
+          }
+        }
+      });
+    }
   } else {
     parallel_for(ceil_div(n, kTileRows), 1, [&](int64_t b0, int64_t b1) {
       std::vector<float> tile((size_t)(kTileRows * kTileLd));

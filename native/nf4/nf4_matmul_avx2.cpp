@@ -76,14 +76,15 @@ inline float hsum(__m256 v) {
 // MG activation rows at once, NA accumulators per row (enough independent FMA chains to hide
 // the FMA latency behind the decode).
 template <int MG, int NA>
-void gemv_group(const uint8_t* packed, const float* absmax, int64_t row, int64_t k, int64_t blocksize, const float* xq,
+void gemv_group(const uint8_t* packed, const float* absmax, int64_t row, int64_t k, int64_t blocksize, int64_t k0,
+                int64_t klen, const float* xq,
                 int64_t ldx, const Planes& t, float* out, int64_t ldy) {
   __m256 acc[MG][NA];
   for (int i = 0; i < MG; i++)
     for (int a = 0; a < NA; a++) acc[i][a] = _mm256_setzero_ps();
-  const int64_t base = row * k;  // rows need not start on a block boundary (k % blocksize != 0)
-  for (int64_t c = 0; c < k; c += 64) {
-    const __m256 scale = _mm256_broadcast_ss(absmax + (base + c) / blocksize);
+  const int64_t base = row * k + k0;  // rows need not start on a block boundary (k % blocksize != 0)
+  for (int64_t c = 0; c < klen; c += 64) {
+    const __m256 scale = _mm256_broadcast_ss(absmax + ((base + c) >> block_shift(blocksize)));
     decode64(packed + (base + c) / 2, t, scale, [&](int v, __m256 w) {
       for (int i = 0; i < MG; i++)
         acc[i][v % NA] = _mm256_fmadd_ps(w, _mm256_loadu_ps(xq + i * ldx + c + 8 * v), acc[i][v % NA]);
@@ -102,22 +103,22 @@ const Planes& planes() {
 }
 
 void gemv(const uint8_t* packed, const float* absmax, int64_t k, int64_t blocksize, int64_t n0, int64_t n1,
-          const float* xq, int64_t ldx, int64_t m, float* y, int64_t ldy) {
+          int64_t k0, int64_t klen, const float* xq, int64_t ldx, int64_t m, float* y, int64_t ldy) {
   const Planes& t = planes();
   for (int64_t row = n0; row < n1; row++) {
     // the packed row (k/2 bytes) stays in L1 while the row groups re-decode it
     for (int64_t i = 0; i < m; i += 8) {
       const float* x = xq + i * ldx;
-      float* out = y + i * ldy + row;
+      float* out = y + i * ldy + (row - n0);
       switch (m - i) {
-        case 1: gemv_group<1, 4>(packed, absmax, row, k, blocksize, x, ldx, t, out, ldy); break;
-        case 2: gemv_group<2, 2>(packed, absmax, row, k, blocksize, x, ldx, t, out, ldy); break;
-        case 3: gemv_group<3, 2>(packed, absmax, row, k, blocksize, x, ldx, t, out, ldy); break;
-        case 4: gemv_group<4, 2>(packed, absmax, row, k, blocksize, x, ldx, t, out, ldy); break;
-        case 5: gemv_group<5, 1>(packed, absmax, row, k, blocksize, x, ldx, t, out, ldy); break;
-        case 6: gemv_group<6, 1>(packed, absmax, row, k, blocksize, x, ldx, t, out, ldy); break;
-        case 7: gemv_group<7, 1>(packed, absmax, row, k, blocksize, x, ldx, t, out, ldy); break;
-        default: gemv_group<8, 1>(packed, absmax, row, k, blocksize, x, ldx, t, out, ldy); break;
+        case 1: gemv_group<1, 4>(packed, absmax, row, k, blocksize, k0, klen, x, ldx, t, out, ldy); break;
+        case 2: gemv_group<2, 2>(packed, absmax, row, k, blocksize, k0, klen, x, ldx, t, out, ldy); break;
+        case 3: gemv_group<3, 2>(packed, absmax, row, k, blocksize, k0, klen, x, ldx, t, out, ldy); break;
+        case 4: gemv_group<4, 2>(packed, absmax, row, k, blocksize, k0, klen, x, ldx, t, out, ldy); break;
+        case 5: gemv_group<5, 1>(packed, absmax, row, k, blocksize, k0, klen, x, ldx, t, out, ldy); break;
+        case 6: gemv_group<6, 1>(packed, absmax, row, k, blocksize, k0, klen, x, ldx, t, out, ldy); break;
+        case 7: gemv_group<7, 1>(packed, absmax, row, k, blocksize, k0, klen, x, ldx, t, out, ldy); break;
+        default: gemv_group<8, 1>(packed, absmax, row, k, blocksize, k0, klen, x, ldx, t, out, ldy); break;
       }
     }
   }
@@ -130,7 +131,7 @@ void decode(const uint8_t* packed, const float* absmax, int64_t k, int64_t block
     const int64_t base = row * k + k0;
     float* dst = tile + (row - n0) * ldt;
     for (int64_t c = 0; c < klen; c += 64) {
-      const __m256 scale = _mm256_broadcast_ss(absmax + (base + c) / blocksize);
+      const __m256 scale = _mm256_broadcast_ss(absmax + ((base + c) >> block_shift(blocksize)));
       decode64(packed + (base + c) / 2, t, scale, [&](int v, __m256 w) { _mm256_storeu_ps(dst + c + 8 * v, w); });
     }
   }

@@ -52,14 +52,15 @@ inline float hsum(__m512 v) {
 }
 
 template <int MG, int NA>
-void gemv_group(const uint8_t* packed, const float* absmax, int64_t row, int64_t k, int64_t blocksize, const float* xq,
+void gemv_group(const uint8_t* packed, const float* absmax, int64_t row, int64_t k, int64_t blocksize, int64_t k0,
+                int64_t klen, const float* xq,
                 int64_t ldx, __m512 table, float* out, int64_t ldy) {
   __m512 acc[MG][NA];
   for (int i = 0; i < MG; i++)
     for (int a = 0; a < NA; a++) acc[i][a] = _mm512_setzero_ps();
-  const int64_t base = row * k;  // rows need not start on a block boundary (k % blocksize != 0)
-  for (int64_t c = 0; c < k; c += 64) {
-    const __m512 scale = _mm512_set1_ps(absmax[(base + c) / blocksize]);
+  const int64_t base = row * k + k0;  // rows need not start on a block boundary (k % blocksize != 0)
+  for (int64_t c = 0; c < klen; c += 64) {
+    const __m512 scale = _mm512_set1_ps(absmax[(base + c) >> block_shift(blocksize)]);
     decode64(packed + (base + c) / 2, table, scale, [&](int v, __m512 w) {
       for (int i = 0; i < MG; i++)
         acc[i][v % NA] = _mm512_fmadd_ps(w, _mm512_loadu_ps(xq + i * ldx + c + 16 * v), acc[i][v % NA]);
@@ -73,17 +74,17 @@ void gemv_group(const uint8_t* packed, const float* absmax, int64_t row, int64_t
 }
 
 void gemv(const uint8_t* packed, const float* absmax, int64_t k, int64_t blocksize, int64_t n0, int64_t n1,
-          const float* xq, int64_t ldx, int64_t m, float* y, int64_t ldy) {
+          int64_t k0, int64_t klen, const float* xq, int64_t ldx, int64_t m, float* y, int64_t ldy) {
   const __m512 table = _mm512_loadu_ps(kTable);
   for (int64_t row = n0; row < n1; row++) {
     for (int64_t i = 0; i < m; i += 4) {
       const float* x = xq + i * ldx;
-      float* out = y + i * ldy + row;
+      float* out = y + i * ldy + (row - n0);
       switch (m - i) {
-        case 1: gemv_group<1, 4>(packed, absmax, row, k, blocksize, x, ldx, table, out, ldy); break;
-        case 2: gemv_group<2, 2>(packed, absmax, row, k, blocksize, x, ldx, table, out, ldy); break;
-        case 3: gemv_group<3, 2>(packed, absmax, row, k, blocksize, x, ldx, table, out, ldy); break;
-        default: gemv_group<4, 2>(packed, absmax, row, k, blocksize, x, ldx, table, out, ldy); break;
+        case 1: gemv_group<1, 4>(packed, absmax, row, k, blocksize, k0, klen, x, ldx, table, out, ldy); break;
+        case 2: gemv_group<2, 2>(packed, absmax, row, k, blocksize, k0, klen, x, ldx, table, out, ldy); break;
+        case 3: gemv_group<3, 2>(packed, absmax, row, k, blocksize, k0, klen, x, ldx, table, out, ldy); break;
+        default: gemv_group<4, 2>(packed, absmax, row, k, blocksize, k0, klen, x, ldx, table, out, ldy); break;
       }
     }
   }
@@ -96,7 +97,7 @@ void decode(const uint8_t* packed, const float* absmax, int64_t k, int64_t block
     const int64_t base = row * k + k0;
     float* dst = tile + (row - n0) * ldt;
     for (int64_t c = 0; c < klen; c += 64) {
-      const __m512 scale = _mm512_set1_ps(absmax[(base + c) / blocksize]);
+      const __m512 scale = _mm512_set1_ps(absmax[(base + c) >> block_shift(blocksize)]);
       decode64(packed + (base + c) / 2, table, scale, [&](int v, __m512 w) { _mm512_storeu_ps(dst + c + 16 * v, w); });
     }
   }

@@ -16,16 +16,21 @@ namespace qk::nf4mm {
 // k % 64 == 0 and blocksize >= 64. Other shapes decode through the portable path.
 inline bool aligned(int64_t k, int64_t blocksize) { return k % 64 == 0 && blocksize >= 64; }
 
+// log2 of a (power-of-two) blocksize: a shift instead of a 64-bit division per 64 weights,
+// which cost as much as decoding them.
+inline int block_shift(int64_t blocksize) { return __builtin_ctzll((unsigned long long)blocksize); }
+
 constexpr int64_t kGemvMaxRows = 16;  // the fused GEMV serves m <= this; larger m tile through decode + dot
 
 struct Kernels {
   const char* name;
   const int* perm64;  // [64]: position q of a chunk holds element perm64[q] of the chunk
 
-  // y[i * ldy + row] = sum_k xq[i * ldx + k] * W[row, k] for rows [n0, n1), i < m (m <= 16).
-  // Aligned shapes only. Streams each packed row once for all m activation rows.
+  // y[i * ldy + (row - n0)] = sum_{j < klen} xq[i * ldx + j] * W[row, k0 + j] for rows [n0, n1),
+  // i < m (m <= 16); xq points at column k0. Aligned shapes only; k0 and klen are multiples of 64.
+  // Streams each packed row (segment) once for all m activation rows.
   void (*gemv)(const uint8_t* packed, const float* absmax, int64_t k, int64_t blocksize, int64_t n0, int64_t n1,
-               const float* xq, int64_t ldx, int64_t m, float* y, int64_t ldy);
+               int64_t k0, int64_t klen, const float* xq, int64_t ldx, int64_t m, float* y, int64_t ldy);
 
   // tile[(row - n0) * ldt + j] = W[row, k0 + j] in permuted order, rows [n0, n1), j < klen.
   // Aligned shapes only; k0 and klen are multiples of 64.

@@ -21,20 +21,20 @@ void decode_row(const uint8_t* packed, const float* absmax, int64_t k, int64_t b
   const int64_t base = row * k + k0;  // even: k % 64 == 0
   const uint8_t* p = packed + base / 2;
   for (int64_t j = 0; j < klen; j += 2) {
-    const float scale = absmax[(base + j) / blocksize];
+    const float scale = absmax[(base + j) >> block_shift(blocksize)];
     out[j] = kTable[p[j / 2] >> 4] * scale;
     out[j + 1] = kTable[p[j / 2] & 15] * scale;
   }
 }
 
 void gemv(const uint8_t* packed, const float* absmax, int64_t k, int64_t blocksize, int64_t n0, int64_t n1,
-          const float* xq, int64_t ldx, int64_t m, float* y, int64_t ldy) {
+          int64_t k0, int64_t klen, const float* xq, int64_t ldx, int64_t m, float* y, int64_t ldy) {
   float w[64];
   float acc[kGemvMaxRows];
   for (int64_t row = n0; row < n1; row++) {
     for (int64_t i = 0; i < m; i++) acc[i] = 0.0f;
-    for (int64_t c = 0; c < k; c += 64) {
-      decode_row(packed, absmax, k, blocksize, row, c, 64, w);
+    for (int64_t c = 0; c < klen; c += 64) {
+      decode_row(packed, absmax, k, blocksize, row, k0 + c, 64, w);
       for (int64_t i = 0; i < m; i++) {
         const float* x = xq + i * ldx + c;
         float s = acc[i];
@@ -42,7 +42,7 @@ void gemv(const uint8_t* packed, const float* absmax, int64_t k, int64_t blocksi
         acc[i] = s;
       }
     }
-    for (int64_t i = 0; i < m; i++) y[i * ldy + row] = acc[i];
+    for (int64_t i = 0; i < m; i++) y[i * ldy + (row - n0)] = acc[i];
   }
 }
 

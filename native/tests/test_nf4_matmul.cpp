@@ -161,7 +161,7 @@ int main() {
   struct Shape {
     int64_t n, k, blocksize;
   } shapes[] = {{7, 64, 64}, {37, 256, 64}, {50, 320, 128}, {33, 200, 64}, {19, 77, 32}, {5, 1, 64},
-                {96, 512, 32}, {13, 130, 256}, {3, 4096, 4096}};
+                {96, 512, 32}, {13, 130, 256}, {3, 4096, 4096}, {37, 8256, 128}};
   const int64_t ms[] = {1, 3, 16, 17, 40};
   for (const char* path : paths) {
     if (qk_cpu_set_path(path) != QK_OK) continue;

@@ -51,7 +51,8 @@ class Nf4MatmulTest {
 
     static final List<Shape> SHAPES = List.of(new Shape(64, 128, 64, false), new Shape(33, 200, 64, true),
             new Shape(17, 77, 32, false), new Shape(96, 512, 128, true), new Shape(7, 4096, 4096, false),
-            new Shape(130, 320, 256, false), new Shape(1, 1, 64, false), new Shape(51, 1000, 64, false));
+            new Shape(130, 320, 256, false), new Shape(1, 1, 64, false), new Shape(51, 1000, 64, false),
+            new Shape(37, 8256, 128, false));
     static final int[] ROWS = {1, 3, 16, 64};
 
     static Stream<Arguments> pathsAndShapes() {
