@@ -177,6 +177,51 @@ public final class ApmmMatrix implements AutoCloseable {
         }
     }
 
+    /**
+     * Assembles a matrix from its parts (all on one device, e.g. imported through DLPack), checking
+     * every dtype and shape against the layout in include/qkern.h; takes ownership of the tensors.
+     * {@code scales} is null for a matrix of raw codes; {@code zeroPoints} only for a quantized
+     * unsigned matrix. (The plane bits themselves are data: like a file's, they are trusted.)
+     */
+    public static ApmmMatrix of(ApmmFormat format, int bits, long rows, long k, long group, long scaleGroup,
+            Tensor planes, Tensor sums, Tensor scales, Tensor zeroPoints) {
+        ApmmFormat.checkBits("bits", bits);
+        ApmmFormat.checkGroup("group", group);
+        ApmmFormat.checkGroup("scale_group", scaleGroup);
+        if (rows < 0 || k < 0 || (scaleGroup != 0 && scaleGroup != group)) {
+            throw new IllegalArgumentException("inconsistent rows " + rows + " / k " + k + " / group " + group
+                    + " / scale_group " + scaleGroup);
+        }
+        expect(planes, "planes", DType.U8, rows, bits, wordsPerPlane(k) * 8);
+        expect(sums, "sums", DType.I32, rows, segments(k, group));
+        if (scales != null) {
+            expect(scales, "scales", DType.F32, rows, segments(k, scaleGroup));
+        }
+        if (zeroPoints != null) {
+            if (format != ApmmFormat.UNSIGNED || scales == null) {
+                throw new IllegalArgumentException("zero_points only belong to a quantized unsigned matrix");
+            }
+            expect(zeroPoints, "zero_points", DType.I32, rows, segments(k, scaleGroup));
+        }
+        for (Tensor t : new Tensor[] {sums, scales, zeroPoints}) {
+            if (t != null && !t.device().equals(planes.device())) {
+                throw new IllegalArgumentException("APMM parts are on different devices: " + planes.device() + " and "
+                        + t.device());
+            }
+        }
+        return new ApmmMatrix(format, bits, rows, k, group, scaleGroup, planes, sums, scales, zeroPoints);
+    }
+
+    private static void expect(Tensor t, String name, DType dtype, long... shape) {
+        if (t == null) {
+            throw new IllegalArgumentException("APMM part " + name + " is missing");
+        }
+        if (t.dtype() != dtype || !Arrays.equals(t.shape(), shape)) {
+            throw new IllegalArgumentException(name + " is " + t.dtype() + " " + Arrays.toString(t.shape())
+                    + ", expected " + dtype + " " + Arrays.toString(shape));
+        }
+    }
+
     static ApmmMatrix read(SafetensorsFile f, Device device) {
         Map<String, String> meta = f.metadata();
         if (!"1".equals(meta.get(FORMAT_KEY))) {

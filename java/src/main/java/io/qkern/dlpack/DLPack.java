@@ -1,6 +1,7 @@
 package io.qkern.dlpack;
 
 import io.qkern.DType;
+import io.qkern.apmm.ApmmFormat;
 import io.qkern.apmm.ApmmMatrix;
 import io.qkern.Device;
 import io.qkern.Tensor;
@@ -39,7 +40,7 @@ import java.util.concurrent.atomic.AtomicBoolean;
  * <p><b>Quantized tensors</b> travel as their parts: an NF4 tensor is its packed codes (U8) plus its
  * scale tensors, with bitsandbytes' quant-state JSON beside them ({@link #exportNf4}, {@link #importNf4});
  * an APMM bit-plane matrix is its planes (U8) plus its code sums, scales and zero points
- * ({@link #exportApmm}; export only: an APMM matrix is rebuilt from files, not yet from DLPack parts).
+ * ({@link #exportApmm}, {@link #importApmm}).
  */
 public final class DLPack {
     private DLPack() {}
@@ -242,6 +243,42 @@ public final class DLPack {
             made.forEach(DLPack::release);
             throw e;
         }
+    }
+
+    /**
+     * Assembles an APMM matrix from parts another stack exported (see {@link ApmmParts}), checking
+     * their dtypes and shapes; on failure every part has been handed back to its producer.
+     */
+    public static ApmmMatrix importApmm(ApmmParts parts) {
+        List<Tensor> made = new ArrayList<>();
+        List<MemorySegment> pending = new ArrayList<>(parts.exports());
+        try {
+            ApmmFormat format = ApmmFormat.parse(parts.format());
+            Tensor planes = takeApmm(parts.planes(), "planes", made, pending);
+            Tensor sums = takeApmm(parts.sums(), "sums", made, pending);
+            Tensor scales = present(parts.scales()) ? takeApmm(parts.scales(), "scales", made, pending) : null;
+            Tensor zeros = present(parts.zeroPoints()) ? takeApmm(parts.zeroPoints(), "zero_points", made, pending) : null;
+            return ApmmMatrix.of(format, parts.bits(), parts.rows(), parts.k(), parts.group(), parts.scaleGroup(), planes,
+                    sums, scales, zeros);
+        } catch (RuntimeException e) {
+            made.forEach(Tensor::close);
+            pending.forEach(DLPack::release);
+            throw e;
+        }
+    }
+
+    private static boolean present(MemorySegment m) {
+        return m != null && m.address() != 0;
+    }
+
+    private static Tensor takeApmm(MemorySegment part, String name, List<Tensor> made, List<MemorySegment> pending) {
+        if (!present(part)) {
+            throw new IllegalArgumentException("the APMM part " + name + " is missing");
+        }
+        pending.remove(part);
+        Tensor t = importTensor(part);
+        made.add(t);
+        return t;
     }
 
     private static MemorySegment add(List<MemorySegment> made, MemorySegment m) {

@@ -13,6 +13,7 @@ import io.qkern.QkernException;
 import io.qkern.Tensor;
 import io.qkern.apmm.Apmm;
 import io.qkern.apmm.ApmmFormat;
+import io.qkern.apmm.ApmmPath;
 import io.qkern.apmm.ApmmMatrix;
 import io.qkern.nf4.Nf4;
 import io.qkern.nf4.Nf4Tensor;
@@ -233,6 +234,40 @@ class DLPackTest {
                     assertTrue(part.isReadOnly());
                 }
             }
+        }
+    }
+
+    @Test
+    void apmmMatrixImportedFromItsPartsMultipliesLikeTheOriginal() {
+        Random random = new Random(17);
+        float[] w = new float[8 * 300];
+        float[] a = new float[3 * 300];
+        for (int i = 0; i < w.length; i++) {
+            w[i] = (float) random.nextGaussian();
+        }
+        for (int i = 0; i < a.length; i++) {
+            a[i] = (float) random.nextGaussian();
+        }
+        try (Tensor tw = Tensor.ofFloats(w, 8, 300); Tensor ta = Tensor.ofFloats(a, 3, 300);
+                ApmmMatrix m = Apmm.quantize(tw, ApmmFormat.UNSIGNED, 3, 64);
+                ApmmMatrix act = Apmm.quantizeActivations(ta, ApmmFormat.SIGNED, 4, 64)) {
+            float[] expected;
+            try (Tensor out = Apmm.matmul(act, m, DType.F32, ApmmPath.AUTO).out()) {
+                expected = out.toFloatArray();
+            }
+            try (ApmmMatrix back = DLPack.importApmm(DLPack.exportApmm(m))) {
+                assertEquals(m.planes().address(), back.planes().address(), "no copy of the planes");
+                try (Tensor out = Apmm.matmul(act, back, DType.F32, ApmmPath.AUTO).out()) {
+                    assertArrayEquals(expected, out.toFloatArray());
+                }
+            }
+            // parts that do not fit their description are refused and handed back: m can close after
+            DLPack.ApmmParts parts = DLPack.exportApmm(m);
+            DLPack.ApmmParts wrongBits = new DLPack.ApmmParts(parts.format(), 4, parts.rows(), parts.k(), parts.group(),
+                    parts.scaleGroup(), parts.planes(), parts.sums(), parts.scales(), parts.zeroPoints());
+            IllegalArgumentException e = assertThrows(IllegalArgumentException.class, () -> DLPack.importApmm(wrongBits));
+            assertTrue(e.getMessage().contains("planes is U8"), e.getMessage());
+            assertEquals(0, DLPack.liveExports(m.planes()), "every part was handed back");
         }
     }
 
