@@ -3,14 +3,11 @@
 #include "internal.h"
 
 namespace qk::cuda {
-namespace {
 
 qk_status absent(const char* function) {
   return qk::fail(QK_ERR_BACKEND_UNAVAILABLE,
                   "%s: this libqkern was built without CUDA (nvcc was not found when it was compiled)", function);
 }
-
-}  // namespace
 
 bool available() { return false; }
 

@@ -82,6 +82,9 @@ int worker_threads();
 // ---- CUDA backend (cuda/*.cu when built with nvcc, native/cuda_absent.cpp otherwise) -------
 // The ABI layer has checked every argument before calling these.
 namespace cuda {
+// Builds without nvcc only (native/cuda_absent.cpp): the error every CUDA entry point returns.
+qk_status absent(const char* function);
+
 bool available();
 const char* status();
 int device_count();

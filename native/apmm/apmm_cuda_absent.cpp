@@ -3,15 +3,6 @@
 #include "internal.h"
 
 namespace qk::cuda {
-namespace {
-
-qk_status absent(const char* function) {
-  return qk::fail(QK_ERR_BACKEND_UNAVAILABLE,
-                  "%s: this libqkern was built without CUDA (nvcc was not found when it was compiled)", function);
-}
-
-}  // namespace
-
 int32_t apmm_choose_path(int32_t a_bits, int32_t w_bits, int64_t, int32_t request) {
   // what a CUDA build would run: b1 mma for small p*q (or when asked), int8 mma otherwise
   if (request == QK_APMM_PATH_BITSERIAL || (request == QK_APMM_PATH_AUTO && a_bits * w_bits <= 4))

@@ -2,15 +2,6 @@
 #include "attention/attention_cuda.h"
 
 namespace qk::cuda {
-namespace {
-
-qk_status absent(const char* function) {
-  return qk::fail(QK_ERR_BACKEND_UNAVAILABLE,
-                  "%s: this libqkern was built without CUDA (nvcc was not found when it was compiled)", function);
-}
-
-}  // namespace
-
 qk_status attention_write_kv(const qk_tensor*, const qk_tensor*, const qk_tensor*, const qk_tensor*,
                              const qk_tensor*, qk_stream) {
   return absent("qk_attention_write_kv");

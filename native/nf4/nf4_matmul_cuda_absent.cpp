@@ -6,15 +6,12 @@ namespace qk::cuda {
 
 qk_status nf4_matmul(const qk_tensor*, const qk_tensor*, const qk_tensor*, int64_t, const qk_tensor*,
                      const qk_tensor*, qk_stream) {
-  return qk::fail(QK_ERR_BACKEND_UNAVAILABLE,
-                  "qk_nf4_matmul: this libqkern was built without CUDA (nvcc was not found when it was compiled)");
+  return absent("qk_nf4_matmul");
 }
 
 qk_status nf4_matmul_input_grad(const qk_tensor*, const qk_tensor*, const qk_tensor*, int64_t, const qk_tensor*,
                                 qk_stream) {
-  return qk::fail(QK_ERR_BACKEND_UNAVAILABLE,
-                  "qk_nf4_matmul_input_grad: this libqkern was built without CUDA (nvcc was not found when it was "
-                  "compiled)");
+  return absent("qk_nf4_matmul_input_grad");
 }
 
 const char* nf4_matmul_path(int64_t, bool) { return "cuda-unavailable"; }

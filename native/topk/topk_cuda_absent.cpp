@@ -5,12 +5,12 @@
 namespace qk::cuda {
 
 qk_status topk(const qk_tensor*, int64_t, int32_t, int32_t, const qk_tensor*, const qk_tensor*, int64_t*, qk_stream) {
-  return fail(QK_ERR_BACKEND_UNAVAILABLE, "qk_topk: this qkern build has no CUDA kernels (built without nvcc)");
+  return absent("qk_topk");
 }
 
 qk_status dgc_step(const qk_tensor*, const qk_tensor*, const qk_tensor*, int64_t, int32_t, float, float, int32_t,
                    double, uint64_t, const qk_tensor*, const qk_tensor*, int64_t*, int64_t*, qk_stream) {
-  return fail(QK_ERR_BACKEND_UNAVAILABLE, "qk_dgc_step: this qkern build has no CUDA kernels (built without nvcc)");
+  return absent("qk_dgc_step");
 }
 
 }  // namespace qk::cuda

@@ -1,5 +1,6 @@
 package io.qkern.apmm;
 
+import io.qkern.CpuPaths;
 import static java.lang.foreign.ValueLayout.JAVA_FLOAT;
 import static java.lang.foreign.ValueLayout.JAVA_INT;
 import static java.lang.foreign.ValueLayout.JAVA_SHORT;
@@ -15,7 +16,6 @@ import io.qkern.Qkern;
 import io.qkern.QkernException;
 import io.qkern.Tensor;
 import java.nio.file.Path;
-import java.util.ArrayList;
 import java.util.List;
 import java.util.SplittableRandom;
 import org.junit.jupiter.api.AfterEach;
@@ -34,21 +34,6 @@ class ApmmTest {
     @AfterEach
     void restore() {
         Qkern.setCpuPath(pathBefore);
-    }
-
-    static List<String> cpuPaths() {
-        List<String> paths = new ArrayList<>();
-        String before = Qkern.cpuPath();
-        for (String p : List.of("scalar", "avx2", "avx512")) {
-            try {
-                Qkern.setCpuPath(p);
-                paths.add(p);
-            } catch (QkernException e) {
-                // this CPU lacks the path
-            }
-        }
-        Qkern.setCpuPath(before);
-        return paths;
     }
 
     static int[] randomCodes(SplittableRandom rng, ApmmFormat f, int bits, int n) {
@@ -86,7 +71,7 @@ class ApmmTest {
         int[] ns = {7, 1, 16, 5};
         int[] ks = {1, 65, 64, 127, 256, 300, 1000};
         ApmmFormat[] formats = ApmmFormat.values();
-        for (String cpu : cpuPaths()) {
+        for (String cpu : CpuPaths.available()) {
             Qkern.setCpuPath(cpu);
             int shape = 0;
             for (int p = 1; p <= 8; p++) {
@@ -145,7 +130,7 @@ class ApmmTest {
         SplittableRandom rng = new SplittableRandom(SEED + 1);
         long[] groups = {0, 32, 64, 128};
         int round = 0;
-        for (String cpu : cpuPaths()) {
+        for (String cpu : CpuPaths.available()) {
             Qkern.setCpuPath(cpu);
             for (long g : groups) {
                 for (ApmmFormat fw : ApmmFormat.values()) {

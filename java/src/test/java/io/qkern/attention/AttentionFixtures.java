@@ -2,33 +2,13 @@ package io.qkern.attention;
 
 import io.qkern.DType;
 import io.qkern.Device;
-import io.qkern.Qkern;
-import io.qkern.QkernException;
 import io.qkern.Tensor;
-import java.util.ArrayList;
 import java.util.Arrays;
-import java.util.List;
 import java.util.SplittableRandom;
 
 /** Shared test helpers: CPU paths, random KV written into a pool, and the float64 dense reference. */
 final class AttentionFixtures {
     private AttentionFixtures() {}
-
-    /** The CPU kernel paths this machine can run ("scalar" always; "avx2", "avx512" if supported). */
-    static List<String> cpuPaths() {
-        List<String> paths = new ArrayList<>();
-        String before = Qkern.cpuPath();
-        for (String p : List.of("scalar", "avx2", "avx512")) {
-            try {
-                Qkern.setCpuPath(p);
-                paths.add(p);
-            } catch (QkernException e) {
-                // this CPU lacks the path
-            }
-        }
-        Qkern.setCpuPath(before);
-        return paths;
-    }
 
     /** A one-layer CPU pool whose every slot is NaN until written. */
     static PagedKvCache poisonedCache(int numBlocks, int blockSize, int kvHeads, int headDim, DType dtype) {

@@ -1,5 +1,6 @@
 package io.qkern.attention;
 
+import io.qkern.CpuPaths;
 import static io.qkern.attention.AttentionFixtures.assertClose;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertThrows;
@@ -38,7 +39,7 @@ class PagedDecodeTest {
     static Stream<Arguments> cases() {
         SplittableRandom rng = new SplittableRandom(SEED);
         List<Arguments> out = new ArrayList<>();
-        for (String path : AttentionFixtures.cpuPaths()) {
+        for (String path : CpuPaths.available()) {
             int[][] heads = {{32, 8}, {40, 40}, {64, 8}};
             for (int[] h : heads) {
                 for (DType dt : List.of(DType.F32, DType.F16, DType.BF16)) {

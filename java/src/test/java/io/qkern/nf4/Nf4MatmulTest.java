@@ -1,5 +1,6 @@
 package io.qkern.nf4;
 
+import io.qkern.CpuPaths;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;

@@ -1,5 +1,6 @@
 package io.qkern.topk;
 
+import io.qkern.CpuPaths;
 import static org.junit.jupiter.api.Assertions.assertArrayEquals;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertFalse;
@@ -48,7 +49,7 @@ class DgcTest {
     @Test
     void sentPlusResidualIsExactlyWhatWentIn() {
         int n = 300000;
-        for (String path : TopkTest.cpuPaths()) {
+        for (String path : CpuPaths.available()) {
             Qkern.setCpuPath(path);
             for (Dgc.Feedback fb : Dgc.Feedback.values()) {
                 for (boolean nesterov : fb == Dgc.Feedback.MOMENTUM ? new boolean[] {false, true} : new boolean[] {false}) {

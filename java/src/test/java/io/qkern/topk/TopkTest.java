@@ -1,5 +1,6 @@
 package io.qkern.topk;
 
+import io.qkern.CpuPaths;
 import static org.junit.jupiter.api.Assertions.assertArrayEquals;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertThrows;
@@ -8,14 +9,11 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
 import io.qkern.DType;
 import io.qkern.Device;
 import io.qkern.Qkern;
-import io.qkern.QkernException;
 import io.qkern.Tensor;
 import io.qkern.nf4.NonFiniteException;
 import java.lang.foreign.ValueLayout;
-import java.util.ArrayList;
 import java.util.Arrays;
 import java.util.Comparator;
-import java.util.List;
 import java.util.Random;
 import java.util.stream.IntStream;
 import org.junit.jupiter.api.AfterEach;
@@ -31,19 +29,6 @@ class TopkTest {
         Qkern.setCpuPath(pathBefore);
     }
 
-    static List<String> cpuPaths() {
-        List<String> paths = new ArrayList<>();
-        for (String p : List.of("scalar", "avx2", "avx512")) {
-            try {
-                Qkern.setCpuPath(p);
-                paths.add(p);
-            } catch (QkernException e) {
-                // not on this CPU
-            }
-        }
-        return paths;
-    }
-
     /** Indices by descending key (|x|, x or -x as double), ties by ascending index. */
     static long[] reference(float[] x, long k, TopK.Order order) {
         Comparator<Integer> byKey = Comparator.comparingDouble(i -> switch (order) {
@@ -57,7 +42,7 @@ class TopkTest {
     }
 
     void check(String what, float[] x, long k) {
-        for (String path : cpuPaths()) {
+        for (String path : CpuPaths.available()) {
             Qkern.setCpuPath(path);
             for (TopK.Order order : TopK.Order.values()) {
                 long[] want = reference(x, k, order);

@@ -1,15 +1,13 @@
-package io.qkern.nf4;
+package io.qkern;
 
-import io.qkern.Qkern;
-import io.qkern.QkernException;
 import java.util.ArrayList;
 import java.util.List;
 
-/** The CPU kernel paths this machine can run ("scalar" always; "avx2", "avx512" if supported). */
-final class CpuPaths {
+/** The CPU kernel paths this machine can run ("scalar" always; "avx2", "avx512" if supported): every family's tests run on each. */
+public final class CpuPaths {
     private CpuPaths() {}
 
-    static List<String> available() {
+    public static List<String> available() {
         List<String> paths = new ArrayList<>();
         String before = Qkern.cpuPath();
         for (String p : List.of("scalar", "avx2", "avx512")) {
