@@ -140,6 +140,15 @@ qk_status check_numel(const qk_tensor* t, const char* function, const char* what
   return QK_OK;
 }
 
+qk_status check_flat(const qk_tensor* t, const char* function, const char* what,
+                     std::initializer_list<int32_t> dtypes, int64_t count) {
+  QK_TRY(check_tensor(t, function, what));
+  QK_TRY(check_dtype(t, function, what, dtypes));
+  QK_TRY(check_contiguous(t, function, what));
+  if (count >= 0) QK_TRY(check_numel(t, function, what, count));
+  return QK_OK;
+}
+
 qk_status check_same_device(const qk_tensor* a, const qk_tensor* b, const char* function, const char* what_a,
                             const char* what_b) {
   if (a->device_kind != b->device_kind || a->device_index != b->device_index)

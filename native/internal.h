@@ -61,6 +61,10 @@ qk_status check_contiguous(const qk_tensor* t, const char* function, const char*
 qk_status check_dtype(const qk_tensor* t, const char* function, const char* what,
                       std::initializer_list<int32_t> allowed);
 qk_status check_numel(const qk_tensor* t, const char* function, const char* what, int64_t expected);
+// The usual argument: a checked, contiguous tensor of one of `dtypes` with exactly `count`
+// elements (any count when count < 0).
+qk_status check_flat(const qk_tensor* t, const char* function, const char* what,
+                     std::initializer_list<int32_t> dtypes, int64_t count = -1);
 qk_status check_same_device(const qk_tensor* a, const qk_tensor* b, const char* function,
                             const char* what_a, const char* what_b);
 qk_status check_no_overlap(const qk_tensor* a, const qk_tensor* b, const char* function,

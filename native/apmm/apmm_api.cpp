@@ -65,9 +65,7 @@ qk_status check_group(int64_t group, const char* fn, const char* what) {
 
 qk_status check_shape(const qk_tensor* t, const char* fn, const char* what, std::initializer_list<int32_t> dtypes,
                       std::initializer_list<int64_t> shape) {
-  QK_TRY(check_tensor(t, fn, what));
-  QK_TRY(check_dtype(t, fn, what, dtypes));
-  QK_TRY(check_contiguous(t, fn, what));
+  QK_TRY(check_flat(t, fn, what, dtypes));
   bool same = t->ndim == (int32_t)shape.size();
   int d = 0;
   for (int64_t s : shape) same = same && t->shape[d++] == s;

@@ -29,9 +29,7 @@ extern "C" QK_API qk_status qk_matmul_f32(const qk_tensor* x, const qk_tensor* w
   return guard(fn, [&]() -> qk_status {
     for (const qk_tensor* t : {x, w, y}) {
       const char* what = t == x ? "x" : t == w ? "w" : "y";
-      QK_TRY(check_tensor(t, fn, what));
-      QK_TRY(check_dtype(t, fn, what, {QK_F32}));
-      QK_TRY(check_contiguous(t, fn, what));
+      QK_TRY(check_flat(t, fn, what, {QK_F32}));
       if (t->ndim != 2) return fail(QK_ERR_INVALID_ARGUMENT, "%s: %s must be 2-D, got %d dimensions", fn, what, t->ndim);
     }
     const int64_t m = x->shape[0], k = x->shape[1], n = w->shape[0];

@@ -40,16 +40,6 @@ float element_as_f32(const qk_tensor* x, int64_t i) {
   return static_cast<const float*>(p)[i];
 }
 
-// Checks a tensor that must be contiguous, of one of the dtypes, with `count` elements.
-qk_status check_flat(const qk_tensor* t, const char* fn, const char* what, std::initializer_list<int32_t> dtypes,
-                     int64_t count) {
-  QK_TRY(check_tensor(t, fn, what));
-  QK_TRY(check_dtype(t, fn, what, dtypes));
-  QK_TRY(check_contiguous(t, fn, what));
-  if (count >= 0) QK_TRY(check_numel(t, fn, what, count));
-  return QK_OK;
-}
-
 }  // namespace
 
 extern "C" {

@@ -107,9 +107,7 @@ struct Weights {
 };
 
 qk_status check_2d(const qk_tensor* t, const char* fn, const char* what, std::initializer_list<int32_t> dtypes) {
-  QK_TRY(check_tensor(t, fn, what));
-  QK_TRY(check_dtype(t, fn, what, dtypes));
-  QK_TRY(check_contiguous(t, fn, what));
+  QK_TRY(check_flat(t, fn, what, dtypes));
   if (t->ndim != 2) return fail(QK_ERR_INVALID_ARGUMENT, "%s: %s must be 2-D, got %d dimensions", fn, what, t->ndim);
   return QK_OK;
 }
@@ -123,15 +121,11 @@ qk_status check_weights(const qk_tensor* packed, const qk_tensor* absmax, int64_
   if (k > 0 && n > INT64_MAX / k)
     return fail(QK_ERR_INVALID_ARGUMENT, "%s: the weight shape [%lld, %lld] overflows", fn, (long long)n, (long long)k);
   const int64_t elements = n * k;
-  QK_TRY(check_tensor(packed, fn, "packed"));
-  QK_TRY(check_dtype(packed, fn, "packed", {QK_U8}));
-  QK_TRY(check_contiguous(packed, fn, "packed"));
+  QK_TRY(check_flat(packed, fn, "packed", {QK_U8}));
   if (numel(packed) != ceil_div(elements, 2))
     return fail(QK_ERR_INVALID_ARGUMENT, "%s: packed has %lld bytes but a [%lld, %lld] NF4 weight needs %lld", fn,
                 (long long)numel(packed), (long long)n, (long long)k, (long long)ceil_div(elements, 2));
-  QK_TRY(check_tensor(absmax, fn, "absmax"));
-  QK_TRY(check_dtype(absmax, fn, "absmax", {QK_F32}));
-  QK_TRY(check_contiguous(absmax, fn, "absmax"));
+  QK_TRY(check_flat(absmax, fn, "absmax", {QK_F32}));
   if (numel(absmax) != ceil_div(elements, blocksize))
     return fail(QK_ERR_INVALID_ARGUMENT,
                 "%s: absmax has %lld values but a [%lld, %lld] weight in blocks of %lld needs %lld "

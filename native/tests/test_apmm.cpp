@@ -10,23 +10,8 @@
 #include <vector>
 
 #include "check.h"
+#include "descriptors.h"
 #include "qkern.h"
-
-static qk_tensor tensor(void* data, int32_t dtype, int64_t esize, std::initializer_list<int64_t> shape) {
-  qk_tensor t;
-  memset(&t, 0, sizeof t);
-  t.data = data;
-  t.dtype = dtype;
-  t.ndim = (int32_t)shape.size();
-  int64_t n = 1, d = 0;
-  for (int64_t s : shape) t.shape[d++] = s;
-  for (int i = t.ndim - 1; i >= 0; i--) {
-    t.strides[i] = n;
-    n *= t.shape[i];
-  }
-  t.nbytes = n * esize;
-  return t;
-}
 
 static int64_t kw_of(int64_t k) { return (k + 255) / 256 * 4; }
 static int64_t segs_of(int64_t k, int64_t g) { return g == 0 ? 1 : (k + g - 1) / g; }

@@ -12,24 +12,8 @@
 #include <vector>
 
 #include "check.h"
+#include "descriptors.h"
 #include "qkern.h"
-
-static qk_tensor tensor(void* data, int32_t dtype, int64_t esize, std::initializer_list<int64_t> shape) {
-  qk_tensor t;
-  memset(&t, 0, sizeof t);
-  t.data = data;
-  t.dtype = dtype;
-  t.ndim = (int32_t)shape.size();
-  int64_t n = 1;
-  int d = 0;
-  for (int64_t s : shape) t.shape[d++] = s;
-  for (d = t.ndim - 1; d >= 0; d--) {
-    t.strides[d] = n;
-    n *= t.shape[d];
-  }
-  t.nbytes = n * esize;
-  return t;
-}
 
 struct Nf4Matrix {
   int64_t n, k, blocksize;

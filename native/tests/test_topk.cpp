@@ -9,19 +9,8 @@
 #include <vector>
 
 #include "check.h"
+#include "descriptors.h"
 #include "qkern.h"
-
-static qk_tensor flat(void* data, int32_t dtype, int64_t n, int64_t esize) {
-  qk_tensor t;
-  memset(&t, 0, sizeof t);
-  t.data = data;
-  t.nbytes = n * esize;
-  t.dtype = dtype;
-  t.ndim = 1;
-  t.shape[0] = n;
-  t.strides[0] = 1;
-  return t;
-}
 
 static uint32_t bits_of(float f) {
   uint32_t u;

@@ -21,15 +21,6 @@ using namespace qk::topk;
 
 constexpr int64_t kMaxI32Index = (int64_t)1 << 31;  // I32 indices need n <= 2^31
 
-qk_status check_flat(const qk_tensor* t, const char* fn, const char* what, std::initializer_list<int32_t> dtypes,
-                     int64_t count) {
-  QK_TRY(check_tensor(t, fn, what));
-  QK_TRY(check_dtype(t, fn, what, dtypes));
-  QK_TRY(check_contiguous(t, fn, what));
-  if (count >= 0) QK_TRY(check_numel(t, fn, what, count));
-  return QK_OK;
-}
-
 qk_status check_k(int64_t k, int64_t n, const char* fn) {
   if (k < 0 || k > n)
     return fail(QK_ERR_INVALID_ARGUMENT, "%s: k = %lld is outside 0..n (n = %lld)", fn, (long long)k, (long long)n);
