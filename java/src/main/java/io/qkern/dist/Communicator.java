@@ -18,7 +18,9 @@ import java.time.Duration;
  *       ranks and their shapes.</li>
  *   <li>A rank that does not arrive within {@link #timeout()} makes the others fail with
  *       {@link CommunicatorException.Kind#TIMEOUT} naming the missing ranks — never a hang.</li>
- *   <li>Floating sums add ranks in order 0..size-1, so every rank gets bit-identical results.</li>
+ *   <li>Every rank gets bit-identical results. The in-process backend adds ranks in order
+ *       0..size-1; MPI and NCCL reduce each element once (reduce-scatter, then all-gather) in
+ *       their own order. F16/BF16 are summed in float and rounded once.</li>
  *   <li>Inside a {@link CollectiveGroup} calls are only issued; they complete when the group
  *       closes. That is how one thread drives several ranks (one GPU each) without deadlock.</li>
  *   <li>{@link #close()} is idempotent; a rank that closes while others still wait on it makes them
