@@ -102,6 +102,52 @@ public final class Nf4SliceReader {
         return new Reader(file, name).read(r0, r1, c0, c1, device);
     }
 
+    /**
+     * The rows of {@code top} followed by the rows of {@code bottom} as one NF4 weight (e.g. a rank's
+     * gate and up projections, multiplied in one kernel call). Both must have the same K, blocksize
+     * and device, and {@code top} must be whole blocks so that {@code bottom}'s blocks keep their
+     * boundaries. The inputs stay the caller's.
+     */
+    public static Nf4Tensor stackRows(Nf4Tensor top, Nf4Tensor bottom) {
+        long[] a = top.shape(), b = bottom.shape();
+        if (a.length != 2 || b.length != 2 || a[1] != b[1] || top.blocksize() != bottom.blocksize()
+                || !top.device().equals(bottom.device()) || top.isDoubleQuantized() || bottom.isDoubleQuantized()) {
+            throw new IllegalArgumentException("cannot stack NF4 weights " + Arrays.toString(a) + " (blocksize "
+                    + top.blocksize() + ", " + top.device() + ") and " + Arrays.toString(b) + " (blocksize "
+                    + bottom.blocksize() + ", " + bottom.device() + "): they need the same K, blocksize and device,"
+                    + " and a float32 absmax");
+        }
+        if (top.numel() % top.blocksize() != 0) {
+            throw new IllegalArgumentException("cannot stack NF4 weights: the first has " + top.numel()
+                    + " elements, not whole blocks of " + top.blocksize());
+        }
+        Device device = top.device();
+        Tensor packed = Tensor.allocate(DType.U8, device, top.packed().numel() + bottom.packed().numel());
+        Tensor absmax = null;
+        try {
+            absmax = Tensor.allocate(DType.F32, device, top.absmax().numel() + bottom.absmax().numel());
+            concat(top.packed(), bottom.packed(), packed);
+            concat(top.absmax(), bottom.absmax(), absmax);
+            return Nf4Tensor.of(new Nf4QuantState(top.blocksize(), top.originalDtype(), new long[] {a[0] + b[0], a[1]},
+                    false, 0f), packed, absmax, null);
+        } catch (RuntimeException e) {
+            packed.close();
+            if (absmax != null) {
+                absmax.close();
+            }
+            throw e;
+        }
+    }
+
+    private static void concat(Tensor first, Tensor second, Tensor out) {
+        try (Tensor h = Tensor.allocate(out.dtype(), Device.CPU, out.numel())) {
+            byte[] x = first.toByteArray(), y = second.toByteArray();
+            MemorySegment.copy(MemorySegment.ofArray(x), 0, h.segment(), 0, x.length);
+            MemorySegment.copy(MemorySegment.ofArray(y), 0, h.segment(), x.length, y.length);
+            out.copyFrom(h);
+        }
+    }
+
     /** Parses and checks the header-level facts of one NF4 weight; reads no bulk data. */
     private static final class Reader {
         final SafetensorsFile file;
