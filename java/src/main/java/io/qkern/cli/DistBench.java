@@ -31,11 +31,11 @@ final class DistBench implements BenchSuite {
 
     @Override
     public String summary() {
-        return "collectives over in-process ranks (all-reduce, all-gather, reduce-scatter, broadcast) vs memcpy";
+        return "collectives over in-process ranks vs memcpy, and an NF4 tensor-parallel MLP block at TP = 1, 2";
     }
 
     @Override
-    public void run(BenchContext ctx) {
+    public void run(BenchContext ctx) throws java.io.IOException {
         if (!ctx.device().isCpu()) {
             ctx.note("dist suite: in-process ranks are CPU only; skipped on " + ctx.device());
             return;
@@ -53,6 +53,107 @@ final class DistBench implements BenchSuite {
                 }
             } finally {
                 comms.forEach(Communicator::close);
+            }
+        }
+        tensorParallelMlp(ctx);
+    }
+
+    /**
+     * A Llama SwiGLU MLP block over NF4 weights (blocksize 64, double quantization), batch 1, at
+     * TP = 1 and TP = 2 over in-process ranks: each rank loads only its slices and the block ends in
+     * one all-reduce. Counted traffic: every rank's NF4 bytes (the whole packed MLP).
+     * {@code scaling_efficiency} = t(TP=1) / (TP x t(TP)); on a machine with fewer cores than
+     * ranks x kernel threads the ranks share cores, so it says what the communication and
+     * partitioning cost here, not what separate GPUs would reach.
+     */
+    private static void tensorParallelMlp(BenchContext ctx) throws java.io.IOException {
+        int hidden = ctx.quick() ? 512 : 4096;
+        int inter = ctx.quick() ? 1024 : 11008;
+        java.nio.file.Path dir = java.nio.file.Files.createTempDirectory("qkern-bench-tp");
+        java.nio.file.Path file = dir.resolve("mlp.safetensors");
+        try {
+            writeNf4Mlp(file, hidden, inter);
+            double t1 = Double.NaN;
+            for (int tp : new int[] {1, 2}) {
+                List<Communicator> comms = DeviceMesh.cpu(tp).inProcess(Duration.ofSeconds(120));
+                List<io.qkern.dist.tp.ParallelMlp> mlps = new ArrayList<>(java.util.Collections.nCopies(tp, null));
+                List<Tensor> xs = new ArrayList<>();
+                try (io.qkern.io.SafetensorsFile f = io.qkern.io.SafetensorsFile.open(file);
+                        LockstepRanks ranks = new LockstepRanks(comms)) {
+                    ranks.step(c -> {
+                        try {
+                            mlps.set(c.rank(), io.qkern.dist.tp.ParallelMlp.readNf4(f, "mlp", c));
+                        } catch (java.io.IOException e) {
+                            throw new java.io.UncheckedIOException(e);
+                        }
+                    });
+                    for (int r = 0; r < tp; r++) {
+                        try (Tensor flat = filled(hidden, 1)) {
+                            xs.add(Tensor.ofBytes(flat.toByteArray(), DType.F32, 1, hidden));
+                        }
+                    }
+                    long nf4Bytes = 0;
+                    for (var m : mlps) {
+                        nf4Bytes += m.storageBytes();
+                    }
+                    double t = ctx.seconds(() -> ranks.step(c -> mlps.get(c.rank()).forward(xs.get(c.rank())).close()));
+                    if (tp == 1) {
+                        t1 = t;
+                    }
+                    Map<String, Object> e = new LinkedHashMap<>();
+                    e.put("tp", tp);
+                    e.put("m", 1);
+                    e.put("g_weights_per_s", Math.round(3.0 * hidden * inter / t / 1e7) / 100.0);
+                    e.put("scaling_efficiency", Math.round(t1 / (tp * t) * 1000) / 1000.0);
+                    ctx.emit("tp_mlp_forward_nf4", hidden + "x" + inter, "f32", "in-process", t, nf4Bytes, e);
+                } finally {
+                    mlps.forEach(m -> {
+                        if (m != null) {
+                            m.close();
+                        }
+                    });
+                    xs.forEach(Tensor::close);
+                    comms.forEach(Communicator::close);
+                }
+            }
+        } finally {
+            java.nio.file.Files.deleteIfExists(file);
+            java.nio.file.Files.deleteIfExists(dir);
+        }
+    }
+
+    private static void writeNf4Mlp(java.nio.file.Path file, int hidden, int inter) throws java.io.IOException {
+        List<AutoCloseable> keep = new ArrayList<>();
+        try {
+            io.qkern.io.SafetensorsWriter w = io.qkern.io.SafetensorsWriter.create(file);
+            String[][] layers = {{"gate_proj", "i"}, {"up_proj", "i"}, {"down_proj", "h"}};
+            java.util.SplittableRandom rnd = new java.util.SplittableRandom(7);
+            for (String[] l : layers) {
+                long rows = l[1].equals("i") ? inter : hidden;
+                long cols = l[1].equals("i") ? hidden : inter;
+                try (Tensor dense = Tensor.allocate(DType.F32, io.qkern.Device.CPU, rows, cols)) {
+                    float[] row = new float[(int) cols];
+                    for (long r = 0; r < rows; r++) {
+                        for (int i = 0; i < row.length; i++) {
+                            row[i] = (float) (rnd.nextDouble() - 0.5) * 0.05f;
+                        }
+                        java.lang.foreign.MemorySegment.copy(row, 0, dense.segment(),
+                                java.lang.foreign.ValueLayout.JAVA_FLOAT, 4 * r * cols, row.length);
+                    }
+                    io.qkern.nf4.Nf4Tensor q = io.qkern.nf4.Nf4.quantize("mlp." + l[0] + ".weight", dense,
+                            new io.qkern.nf4.Nf4.Options(64, true));
+                    keep.add(q);
+                    keep.addAll(q.addTo(w, "mlp." + l[0] + ".weight"));
+                }
+            }
+            w.write();
+        } finally {
+            for (AutoCloseable c : keep.reversed()) {
+                try {
+                    c.close();
+                } catch (Exception e) {
+                    // closing host tensors does not fail
+                }
             }
         }
     }

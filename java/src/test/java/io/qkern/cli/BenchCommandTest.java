@@ -58,13 +58,15 @@ class BenchCommandTest {
             Map<String, Object> row = (Map<String, Object>) Json.parse(line);
             assertEquals(FIELDS, row.keySet().stream().limit(FIELDS.size()).toList(), line);
             kernels.add((String) row.get("kernel"));
-            if (!row.get("kernel").equals("memcpy_baseline")) {
+            if (row.get("kernel").equals("tp_mlp_forward_nf4")) {
+                assertTrue(row.containsKey("scaling_efficiency") && row.containsKey("tp"), line);
+            } else if (!row.get("kernel").equals("memcpy_baseline")) {
                 assertTrue(row.containsKey("busbw_gbps") && row.containsKey("x_memcpy") && row.get("ranks") != null,
                         line);
             }
         }
         assertEquals(new TreeSet<>(List.of("all_reduce_sum", "all_gather", "reduce_scatter_sum", "broadcast",
-                "memcpy_baseline")), kernels, r.out());
+                "memcpy_baseline", "tp_mlp_forward_nf4")), kernels, r.out());
     }
 
     @Test
