@@ -145,7 +145,7 @@ public final class NcclNative {
     }
 
     /** The directories searched after the loader, in order, without duplicates. */
-    static List<Path> candidateDirectories(Map<String, String> env) {
+    public static List<Path> candidateDirectories(Map<String, String> env) {
         Set<Path> dirs = new LinkedHashSet<>();
         String ld = env.get("LD_LIBRARY_PATH");
         if (ld != null) {
