@@ -178,6 +178,11 @@ public final class NcclCommunicator implements Communicator {
         return c;
     }
 
+    /** One process, every GPU of {@code mesh}: rank r on {@code mesh.device(r)} ({@code ncclCommInitAll}). */
+    public static List<NcclCommunicator> initAll(DeviceMesh mesh, Duration timeout) {
+        return initAll(mesh.devices(), timeout);
+    }
+
     /**
      * One process, several GPUs: {@code ncclCommInitAll}, rank i on {@code devices.get(i)}. Close
      * every returned communicator.

@@ -33,7 +33,7 @@ class NcclGpuTest {
             return; // each test reports itself skipped, with the reason
         }
         // both init paths: the single-process clique, and the rendezvous through the TCP store
-        List<NcclCommunicator> all = NcclCommunicator.initAll(List.of(Device.cuda(0)), Duration.ofSeconds(30));
+        List<NcclCommunicator> all = NcclCommunicator.initAll(DeviceMesh.cuda(0), Duration.ofSeconds(30));
         all.get(0).barrier();
         all.get(0).close();
         try (TcpStore store = TcpStore.host(new InetSocketAddress(InetAddress.getLoopbackAddress(), 0),
