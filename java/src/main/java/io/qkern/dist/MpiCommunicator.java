@@ -86,7 +86,8 @@ public final class MpiCommunicator implements Communicator {
     private static boolean initializedByUs;
     private static boolean finalizedByUs;
     private static int openCount;
-    private static Duration finalizeTimeout = Duration.ofSeconds(30);
+    /** The longest timeout of any world communicator: how long MPI_Finalize may take. */
+    private static Duration finalizeTimeout;
     private static boolean shutdownHookAdded;
     /** Set after a TIMEOUT or BACKEND failure: no further MPI call is made by qkern in this process. */
     private static volatile String processFailure;
@@ -137,7 +138,8 @@ public final class MpiCommunicator implements Communicator {
             MemorySegment dup = idup(mpi, mpi.commWorld, timeout);
             MpiCommunicator c = new MpiCommunicator(mpi, dup, timeout);
             openCount++;
-            finalizeTimeout = timeout.compareTo(finalizeTimeout) > 0 ? timeout : finalizeTimeout;
+            finalizeTimeout = finalizeTimeout == null || timeout.compareTo(finalizeTimeout) > 0 ? timeout
+                    : finalizeTimeout;
             return c;
         }
     }
@@ -281,6 +283,9 @@ public final class MpiCommunicator implements Communicator {
     /** MPI_Finalize on a helper thread: it waits for every process, which must not hang this one. */
     private static void finalizeBounded() {
         finalizedByUs = true;
+        if (finalizeTimeout == null) {
+            finalizeTimeout = Duration.ofSeconds(30);
+        }
         MpiLibrary mpi = MpiLibrary.get();
         int[] rc = {Integer.MIN_VALUE};
         Thread t = new Thread(() -> {
@@ -500,6 +505,7 @@ public final class MpiCommunicator implements Communicator {
             closed = true;
         }
         synchronized (MpiCommunicator.class) {
+            openCount--;
             if (processFailure == null) {
                 MpiLibrary.LOCK.lock();
                 try (Arena a = Arena.ofConfined()) {
@@ -514,7 +520,7 @@ public final class MpiCommunicator implements Communicator {
                     MpiLibrary.LOCK.unlock();
                 }
             }
-            if (--openCount == 0 && initializedByUs && !finalizedByUs && processFailure == null) {
+            if (openCount == 0 && initializedByUs && !finalizedByUs && processFailure == null) {
                 finalizeBounded();
             }
         }
@@ -968,12 +974,16 @@ public final class MpiCommunicator implements Communicator {
         }
     }
 
-    private void hostOnly(String what, Tensor a, Tensor b) {
-        for (Tensor t : new Tensor[] {a, b}) {
+    /** Device tensors are refused with a hint; {@code output} (may be null) must be writable. */
+    private void hostOnly(String what, Tensor input, Tensor output) {
+        for (Tensor t : new Tensor[] {input, output}) {
             if (t != null && !t.isClosed() && !t.device().isCpu()) {
                 throw invalid(what + ": tensor is on " + t.device() + " but the MPI communicator moves host (cpu)"
                         + " tensors only: copy it to the cpu, or use the NCCL communicator for device tensors");
             }
+        }
+        if (output != null && !output.isClosed() && output.isReadOnly()) {
+            throw invalid(what + ": recv is read-only");
         }
     }
 
