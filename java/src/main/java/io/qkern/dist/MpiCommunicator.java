@@ -376,9 +376,6 @@ public final class MpiCommunicator implements Communicator {
     public synchronized void broadcast(Tensor buffer, int root) {
         hostOnly("broadcast", buffer, null);
         CollectiveCall call = CollectiveCall.broadcast(this, buffer, root);
-        if (rank != root && buffer.isReadOnly()) {
-            throw invalid("broadcast: buffer is read-only on receiving rank " + rank);
-        }
         run(call, () -> {
             exchangeCollective(call);
             long esz = buffer.dtype().byteSize();
@@ -974,16 +971,13 @@ public final class MpiCommunicator implements Communicator {
         }
     }
 
-    /** Device tensors are refused with a hint; {@code output} (may be null) must be writable. */
+    /** Device tensors are refused with a hint (CollectiveCall does the other checks). */
     private void hostOnly(String what, Tensor input, Tensor output) {
         for (Tensor t : new Tensor[] {input, output}) {
             if (t != null && !t.isClosed() && !t.device().isCpu()) {
                 throw invalid(what + ": tensor is on " + t.device() + " but the MPI communicator moves host (cpu)"
                         + " tensors only: copy it to the cpu, or use the NCCL communicator for device tensors");
             }
-        }
-        if (output != null && !output.isClosed() && output.isReadOnly()) {
-            throw invalid(what + ": recv is read-only");
         }
     }
 
