@@ -126,6 +126,13 @@ public final class Main {
         Qkern.Info info = Qkern.info();
         out.print(info.format());
         out.println("nccl        " + io.qkern.dist.Nccl.describe());
+        String mpi;
+        try {
+            mpi = io.qkern.dist.MpiCommunicator.libraryVersion();
+        } catch (RuntimeException e) {
+            mpi = "not found: " + e.getMessage();
+        }
+        out.println("mpi         " + mpi);
         return info.nativeLoaded() ? 0 : 1;
     }
 

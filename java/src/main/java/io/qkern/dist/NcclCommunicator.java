@@ -121,6 +121,26 @@ public final class NcclCommunicator implements Communicator {
         return initRank(id, rank, size, device, timeout);
     }
 
+    /**
+     * One rank of an NCCL group with the same ranks as {@code bootstrap}, a host communicator (MPI
+     * under {@code mpirun}, or in-process): rank 0 creates the unique id and broadcasts it over
+     * {@code bootstrap}; every rank then joins on {@code device}. A collective call on bootstrap.
+     */
+    public static NcclCommunicator initRank(Communicator bootstrap, Device device, Duration timeout) {
+        if (!bootstrap.device().isCpu()) {
+            throw new IllegalArgumentException("the bootstrap communicator must move host tensors, it is on "
+                    + bootstrap.device());
+        }
+        try (io.qkern.Tensor id = io.qkern.Tensor.allocate(io.qkern.DType.U8, Device.CPU, NcclUniqueId.BYTES)) {
+            id.fillBytes(0);
+            if (bootstrap.rank() == 0) {
+                id.segment().copyFrom(java.lang.foreign.MemorySegment.ofArray(NcclUniqueId.create().toBytes()));
+            }
+            bootstrap.broadcast(id, 0);
+            return initRank(id.toByteArray(), bootstrap.rank(), bootstrap.size(), device, timeout);
+        }
+    }
+
     /** One rank of a multi-process group from id bytes received from rank 0 (e.g. by MPI broadcast). */
     public static NcclCommunicator initRank(byte[] uniqueId, int rank, int size, Device device, Duration timeout) {
         return initRank(NcclUniqueId.of(uniqueId), rank, size, device, timeout);
