@@ -40,6 +40,7 @@ record CollectiveCall(Op op, ReduceOp reduce, DType dtype, long[] shape, int roo
         requireOp(what, op);
         checkTensor(c, what, "send", send);
         checkTensor(c, what, "recv", recv);
+        checkWritable(c, what, "recv", recv);
         checkReducible(what, send.dtype(), op);
         sameDtype(what, send, recv);
         if (!Arrays.equals(send.shape(), recv.shape())) {
@@ -53,6 +54,7 @@ record CollectiveCall(Op op, ReduceOp reduce, DType dtype, long[] shape, int roo
         String what = "allGather";
         checkTensor(c, what, "send", send);
         checkTensor(c, what, "recv", recv);
+        checkWritable(c, what, "recv", recv);
         sameDtype(what, send, recv);
         checkStacked(c, what, "recv", recv, "send", send);
         return new CollectiveCall(Op.ALL_GATHER, null, send.dtype(), send.shape(), -1);
@@ -63,6 +65,7 @@ record CollectiveCall(Op op, ReduceOp reduce, DType dtype, long[] shape, int roo
         requireOp(what, op);
         checkTensor(c, what, "send", send);
         checkTensor(c, what, "recv", recv);
+        checkWritable(c, what, "recv", recv);
         checkReducible(what, send.dtype(), op);
         sameDtype(what, send, recv);
         checkStacked(c, what, "send", send, "recv", recv);
@@ -73,6 +76,9 @@ record CollectiveCall(Op op, ReduceOp reduce, DType dtype, long[] shape, int roo
         String what = "broadcast";
         checkTensor(c, what, "buffer", buffer);
         checkRank(c, what, "root", root, true);
+        if (root != c.rank()) {
+            checkWritable(c, what, "buffer", buffer);
+        }
         return new CollectiveCall(Op.BROADCAST, null, buffer.dtype(), buffer.shape(), root);
     }
 
@@ -85,9 +91,7 @@ record CollectiveCall(Op op, ReduceOp reduce, DType dtype, long[] shape, int roo
     static CollectiveCall recv(Communicator c, Tensor buffer, int peer) {
         checkTensor(c, "recv", "buffer", buffer);
         checkRank(c, "recv", "peer", peer, false);
-        if (buffer.isReadOnly()) {
-            throw invalid(c, "recv: buffer is read-only");
-        }
+        checkWritable(c, "recv", "buffer", buffer);
         return new CollectiveCall(Op.RECV, null, buffer.dtype(), buffer.shape(), peer);
     }
 
@@ -225,6 +229,12 @@ record CollectiveCall(Op op, ReduceOp reduce, DType dtype, long[] shape, int roo
         }
         if (t.rank() > MAX_DIMS) {
             throw invalid(c, what + ": " + name + " has " + t.rank() + " dimensions (at most " + MAX_DIMS + ")");
+        }
+    }
+
+    private static void checkWritable(Communicator c, String what, String name, Tensor t) {
+        if (t.isReadOnly()) {
+            throw invalid(c, what + ": " + name + " is read-only");
         }
     }
 

@@ -20,7 +20,7 @@ public final class CollectiveGroup implements AutoCloseable {
 
     private final Thread owner = Thread.currentThread();
     private final Map<Object, Runnable> endHooks = new LinkedHashMap<>();
-    private final List<Runnable> completions = new ArrayList<>();
+    private final List<Completion> completions = new ArrayList<>();
     private int depth = 1;
     private boolean closed;
 
@@ -55,14 +55,27 @@ public final class CollectiveGroup implements AutoCloseable {
         }
     }
 
-    /** Backends: work to finish when the group closes, after every end hook, in issue order. */
-    void defer(Runnable completion) {
+    /**
+     * A collective issued inside the group. At close, every completion's {@link #progress} runs
+     * (in issue order) before any {@link #finish}: a thread driving several ranks must do each
+     * rank's share of the work before it waits for the others' shares.
+     */
+    interface Completion {
+        /** This rank's share of the work, once its peers have arrived; must not wait for peers to finish. */
+        void progress();
+
+        /** Waits until the collective is complete for this rank and releases what it held. */
+        void finish();
+    }
+
+    /** Backends: a collective to complete when the group closes, after every end hook. */
+    void defer(Completion completion) {
         completions.add(completion);
     }
 
     /**
      * Ends the group (the outermost close): runs the backends' end hooks, then completes every
-     * deferred collective. The first failure is thrown after the remaining ones were attempted,
+     * deferred collective (every share of work first, then every wait). The first failure is thrown after the remaining ones were attempted,
      * with the others suppressed, so no issued collective is left half-done.
      */
     @Override
@@ -78,7 +91,8 @@ public final class CollectiveGroup implements AutoCloseable {
         CURRENT.remove();
         RuntimeException failure = null;
         List<Runnable> work = new ArrayList<>(endHooks.values());
-        work.addAll(completions);
+        completions.forEach(c -> work.add(c::progress));
+        completions.forEach(c -> work.add(c::finish));
         for (Runnable r : work) {
             try {
                 r.run();
