@@ -69,6 +69,14 @@ public record GpuSpec(String name, double peakFlops, double memoryBandwidth, dou
         return peakFlops * efficiency;
     }
 
+    /**
+     * The roofline time of a kernel doing {@code flops} while reading {@code bytes}:
+     * max(flops / (peak x efficiency), bytes / memory bandwidth).
+     */
+    public double seconds(double flops, double bytes) {
+        return Math.max(flops / achievedFlops(), bytes / memoryBandwidth);
+    }
+
     /** E.g. {@code h100 (989.0 TFLOP/s x 0.70, 3350 GB/s)}. */
     public String describe() {
         return String.format(Locale.ROOT, "%s (%.1f TFLOP/s x %.2f, %.0f GB/s)", name, peakFlops / 1e12, efficiency,

@@ -154,8 +154,7 @@ public record LayerPlan(ModelShape model, GpuSpec gpu, Fabric fabric, int tp, lo
 
         double params = model.layerParameters();
         double flopsPerToken = model.layerForwardFlopsPerToken(seq);
-        double perPass = Math.max(tokens * flopsPerToken / tp / gpu.achievedFlops(),
-                params / tp * weights.bitsPerWeight() / 8 / gpu.memoryBandwidth());
+        double perPass = gpu.seconds(tokens * flopsPerToken / tp, params / tp * weights.bitsPerWeight() / 8);
         double compute = step.passes() * perPass;
 
         Cost one = fabric.allReduce((double) tokens * model.hidden() * ACTIVATION_BYTES, tp, tpPerNode);
@@ -176,8 +175,8 @@ public record LayerPlan(ModelShape model, GpuSpec gpu, Fabric fabric, int tp, lo
             }
         }
         double total = compute + tpComm.seconds() + dpComm.seconds();
-        double single = step.passes() * Math.max((double) dp * tokens * flopsPerToken / gpu.achievedFlops(),
-                params * weights.bitsPerWeight() / 8 / gpu.memoryBandwidth());
+        double single = step.passes() * gpu.seconds((double) dp * tokens * flopsPerToken,
+                params * weights.bitsPerWeight() / 8);
         double ideal = single / gpus;
         return new Prediction(gpus, tp, dp, nodes, compute, tpComm, dpComm, total, single, ideal, ideal / total);
     }
