@@ -25,9 +25,9 @@ final class PlanCommand {
     static final String USAGE = "qkern plan --model NAME|hidden=H,ffn=F,layers=L[,heads=N,kv_heads=K,vocab=V]"
             + " [--gpus 8,64,512,1024] [--tp 8] [--gpu h100|h200|a100|measured] [--intra nvlink|pcie|ib|ethernet|measured]"
             + " [--inter ib|ethernet|nvlink|pcie|measured] [--gpus-per-node 8] [--tokens 16384] [--seq 4096]"
-            + " [--weights bf16|nf4] [--dgc RATIO] [--step train|infer] [--efficiency E] [--calibrate] [--json]";
+            + " [--weights bf16|nf4] [--dgc RATIO] [--step train|infer] [--efficiency E] [--calibrate [--quick]] [--json]";
 
-    private static final Set<String> FLAGS = Set.of("--json", "--calibrate");
+    private static final Set<String> FLAGS = Set.of("--json", "--calibrate", "--quick");
     private static final Set<String> VALUED = Set.of("--model", "--gpus", "--tp", "--gpu", "--intra", "--inter",
             "--gpus-per-node", "--tokens", "--seq", "--weights", "--dgc", "--step", "--efficiency");
 
@@ -44,6 +44,10 @@ final class PlanCommand {
         a.expectPositional(0, USAGE);
         boolean json = a.flag("--json");
         boolean calibrate = a.flag("--calibrate");
+        boolean quick = a.flag("--quick");
+        if (quick) {
+            err.println("qkern plan: --quick calibration (small sizes, fewer runs): a smoke test, not a result");
+        }
         String modelSpec = a.option("--model", calibrate ? "7b" : null);
         if (modelSpec == null) {
             throw new UsageException("plan needs --model (7b, 13b, 70b, 405b or hidden=..,ffn=..,layers=..)\nusage: " + USAGE);
@@ -89,10 +93,11 @@ final class PlanCommand {
         GpuSpec measuredGpu = null;
         if (calibrate || intraPreset == null || interPreset == null) {
             err.println("calibrating links: all-reduce and all-gather over 2 in-process ranks...");
-            List<Calibration.CollectiveSample> samples = Calibration.measureCollectives(2, Calibration.DEFAULT_SIZES, 5,
+            long[] sizes = quick ? Calibration.QUICK_SIZES : Calibration.DEFAULT_SIZES;
+            List<Calibration.CollectiveSample> samples = Calibration.measureCollectives(2, sizes, quick ? 2 : 5,
                     err::println);
             Calibration.LinkFit fit = Calibration.fitLink(samples, "fitted on this machine: 2 in-process ranks, "
-                    + "all-reduce and all-gather of 4 KiB..64 MiB");
+                    + "all-reduce and all-gather of " + human(sizes[0]) + ".." + human(sizes[sizes.length - 1]));
             measuredLink = fit.link();
             if (calibrate) {
                 printLinkFit(fit, json);
@@ -100,7 +105,7 @@ final class PlanCommand {
         }
         if (calibrate || gpuPreset == null) {
             err.println("calibrating compute: read bandwidth, F32 GEMM, GEMV checks...");
-            Calibration.ComputeCalibration c = Calibration.measureCompute(8192, err::println);
+            Calibration.ComputeCalibration c = Calibration.measureCompute(quick ? 2048 : 8192, err::println);
             measuredGpu = c.spec();
             if (calibrate) {
                 printCompute(c, json);
@@ -199,7 +204,7 @@ final class PlanCommand {
             out.println(json(o));
             return;
         }
-        out.println("== link calibration: 2 in-process ranks (threads), F32, best of 5 batches per size");
+        out.println("== link calibration: 2 in-process ranks (threads), F32, best batch average per size");
         out.printf(Locale.ROOT, "%-15s %9s %12s %12s %8s  %s%n", "collective", "bytes", "measured us", "predicted us",
                 "error", "model's algorithm");
         for (Calibration.Row r : fit.rows()) {

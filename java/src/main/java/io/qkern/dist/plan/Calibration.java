@@ -46,6 +46,9 @@ public final class Calibration {
     public static final long[] DEFAULT_SIZES = {4 << 10, 16 << 10, 64 << 10, 256 << 10, 1 << 20, 4 << 20, 16 << 20,
         64 << 20};
 
+    /** Sizes of a quick calibration (a smoke test, not a result): 4 KiB to 1 MiB. */
+    public static final long[] QUICK_SIZES = {4 << 10, 16 << 10, 64 << 10, 256 << 10, 1 << 20};
+
     /** One measured collective: its model size {@code bytes} (buffer, or all-gather output) and time. */
     public record CollectiveSample(Collective collective, int ranks, long bytes, double seconds) {}
 
@@ -103,7 +106,9 @@ public final class Calibration {
                     try (Tensor send = Tensor.allocate(DType.F32, Device.CPU, n);
                             Tensor recv = Tensor.allocate(DType.F32, Device.CPU, n);
                             Tensor piece = Tensor.allocate(DType.F32, Device.CPU, n / ranks)) {
+                        // Touch every page before timing: first-touch faults are not the link.
                         send.fillBytes(0);
+                        recv.fillBytes(0);
                         piece.fillBytes(0);
                         for (Collective c : List.of(Collective.ALL_REDUCE, Collective.ALL_GATHER)) {
                             Runnable call = c == Collective.ALL_REDUCE
