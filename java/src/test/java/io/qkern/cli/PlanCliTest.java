@@ -34,6 +34,17 @@ class PlanCliTest {
     }
 
     @Test
+    void readmeExampleIsWhatTheCommandPrints() throws java.io.IOException {
+        String readme = java.nio.file.Files.readString(java.nio.file.Path.of(System.getProperty("qkern.test.repo", ".."))
+                .resolve("README.md"));
+        java.util.regex.Matcher m = java.util.regex.Pattern.compile("```\\n\\$ qkern (plan [^\\n]*)\\n(.*?)```",
+                java.util.regex.Pattern.DOTALL).matcher(readme);
+        assertTrue(m.find(), "README.md shows a qkern plan example");
+        CliTest.Result r = expect(0, (Object[]) m.group(1).split(" "));
+        assertEquals(m.group(2).strip(), r.out().strip(), "the README's qkern plan example differs from the output");
+    }
+
+    @Test
     void jsonIsOneObjectPerMeshWithEveryField() {
         CliTest.Result r = expect(0, "plan", "--model", "hidden=4096,ffn=11008,layers=32", "--gpus", "8,16", "--tp", "4",
                 "--gpu", "a100", "--intra", "pcie", "--inter", "ethernet", "--tokens", "2048", "--weights", "nf4", "--dgc",

@@ -77,9 +77,10 @@ public record GpuSpec(String name, double peakFlops, double memoryBandwidth, dou
         return Math.max(flops / achievedFlops(), bytes / memoryBandwidth);
     }
 
-    /** E.g. {@code h100 (989.0 TFLOP/s x 0.70, 3350 GB/s)}. */
+    /** E.g. {@code h100 (989.0 TFLOP/s x 0.70, 3350 GB/s)}; GFLOP/s below 1 TFLOP/s (a CPU). */
     public String describe() {
-        return String.format(Locale.ROOT, "%s (%.1f TFLOP/s x %.2f, %.0f GB/s)", name, peakFlops / 1e12, efficiency,
-                memoryBandwidth / 1e9);
+        String rate = peakFlops >= 1e12 ? String.format(Locale.ROOT, "%.1f TFLOP/s", peakFlops / 1e12)
+                : String.format(Locale.ROOT, "%.1f GFLOP/s", peakFlops / 1e9);
+        return String.format(Locale.ROOT, "%s (%s x %.2f, %.0f GB/s)", name, rate, efficiency, memoryBandwidth / 1e9);
     }
 }
