@@ -300,4 +300,21 @@ qk_status event_elapsed_ms(qk_event start, qk_event end, float* ms_out) {
   return QK_OK;
 }
 
+// cudaEventQuery reports "not yet" as cudaErrorNotReady, which is not an error here; it is not
+// sticky, but clear it anyway so a later cudaGetLastError does not see it.
+qk_status event_query(qk_event event, int32_t* complete_out) {
+  const char* fn = "qk_event_query";
+  DeviceGuard guard;
+  QK_TRY(guard.set(event->device_index, fn));
+  cudaError_t e = cudaEventQuery(static_cast<cudaEvent_t>(event->native));
+  if (e == cudaErrorNotReady) {
+    (void)cudaGetLastError();
+    *complete_out = 0;
+    return QK_OK;
+  }
+  if (e != cudaSuccess) return detail::error(e, fn, "cudaEventQuery");
+  *complete_out = 1;
+  return QK_OK;
+}
+
 }  // namespace qk::cuda

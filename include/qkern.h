@@ -473,6 +473,15 @@ QK_API qk_status qk_attention_merge(const qk_tensor* out_a, const qk_tensor* lse
                                     const qk_tensor* lse_b, const qk_tensor* out, const qk_tensor* lse,
                                     qk_stream stream);
 
+/* ---- event query (core; appended for the NCCL communicator's deadline polling) ------ */
+/**
+ * Non-blocking completion test: *complete_out = 1 once all work recorded into `event` before it
+ * has finished (also for an event never recorded, as cudaEventQuery), else 0. A CPU event is
+ * always complete. Lets a caller wait for device work against its own deadline instead of
+ * blocking in qk_event_synchronize.
+ */
+QK_API qk_status qk_event_query(qk_event event, int32_t* complete_out);
+
 #ifdef __cplusplus
 }
 #endif

@@ -45,6 +45,8 @@ qk_status event_synchronize(qk_event) { return absent("qk_event_synchronize"); }
 
 qk_status event_elapsed_ms(qk_event, qk_event, float*) { return absent("qk_event_elapsed_ms"); }
 
+qk_status event_query(qk_event, int32_t*) { return absent("qk_event_query"); }
+
 qk_status nf4_quantize(const qk_tensor*, int64_t, const qk_tensor*, const qk_tensor*, int64_t* nonfinite_index,
                        qk_stream) {
   if (nonfinite_index) *nonfinite_index = -1;

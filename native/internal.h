@@ -108,6 +108,7 @@ qk_status event_destroy(qk_event event);
 qk_status event_record(qk_event event, qk_stream stream);
 qk_status event_synchronize(qk_event event);
 qk_status event_elapsed_ms(qk_event start, qk_event end, float* ms_out);
+qk_status event_query(qk_event event, int32_t* complete_out);
 
 qk_status nf4_quantize(const qk_tensor* x, int64_t blocksize, const qk_tensor* packed,
                        const qk_tensor* absmax, int64_t* nonfinite_index, qk_stream stream);

@@ -228,4 +228,15 @@ QK_API qk_status qk_event_elapsed_ms(qk_event start, qk_event end, float* ms_out
   });
 }
 
+QK_API qk_status qk_event_query(qk_event event, int32_t* complete_out) {
+  return qk::guard("qk_event_query", [&]() -> qk_status {
+    if (!complete_out) return qk::fail(QK_ERR_INVALID_ARGUMENT, "qk_event_query: complete_out is NULL");
+    *complete_out = 0;
+    if (!event) return qk::fail(QK_ERR_INVALID_ARGUMENT, "qk_event_query: event is NULL");
+    if (event->device_kind == QK_DEVICE_CUDA) return qk::cuda::event_query(event, complete_out);
+    *complete_out = 1;  // CPU work is synchronous: whatever was recorded has already happened
+    return QK_OK;
+  });
+}
+
 }  // extern "C"

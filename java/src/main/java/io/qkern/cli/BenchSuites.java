@@ -7,7 +7,7 @@ final class BenchSuites {
     private BenchSuites() {}
 
     static List<BenchSuite> all() {
-        return List.of(new Nf4Bench(), new ApmmBench(), new TopkBench(), new AttentionBench());
+        return List.of(new Nf4Bench(), new ApmmBench(), new TopkBench(), new AttentionBench(), new DistBench());
     }
 
     static BenchSuite find(String name) throws UsageException {

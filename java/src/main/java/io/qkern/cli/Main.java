@@ -131,6 +131,7 @@ public final class Main {
         Args.parse(rest, Set.of(), Set.of()).expectPositional(0, "qkern info");
         Qkern.Info info = Qkern.info();
         out.print(info.format());
+        out.println("nccl        " + io.qkern.dist.Nccl.describe());
         return info.nativeLoaded() ? 0 : 1;
     }
 

@@ -50,6 +50,26 @@ class BenchCommandTest {
     }
 
     @Test
+    void distReportsEveryCollectiveWithBusBandwidthBesideMemcpy() {
+        CliTest.Result r = expect(0, "bench", "dist", "--quick", "--json");
+        Set<String> kernels = new TreeSet<>();
+        for (String line : r.out().strip().split("\n")) {
+            @SuppressWarnings("unchecked")
+            Map<String, Object> row = (Map<String, Object>) Json.parse(line);
+            assertEquals(FIELDS, row.keySet().stream().limit(FIELDS.size()).toList(), line);
+            kernels.add((String) row.get("kernel"));
+            if (row.get("kernel").equals("tp_mlp_forward_nf4")) {
+                assertTrue(row.containsKey("scaling_efficiency") && row.containsKey("tp"), line);
+            } else if (!row.get("kernel").equals("memcpy_baseline")) {
+                assertTrue(row.containsKey("busbw_gbps") && row.containsKey("x_memcpy") && row.get("ranks") != null,
+                        line);
+            }
+        }
+        assertEquals(new TreeSet<>(List.of("all_reduce_sum", "all_gather", "reduce_scatter_sum", "broadcast",
+                "memcpy_baseline", "tp_mlp_forward_nf4")), kernels, r.out());
+    }
+
+    @Test
     void tableAndListAndUnknownSuite() {
         CliTest.Result table = expect(0, "bench", "nf4", "--quick");
         assertTrue(table.out().startsWith("kernel"), table.out());
