@@ -50,6 +50,11 @@ public final class Main {
                                                      (suites: `qkern bench --list`; default: all)
               demo [--dir D] [--keep]                generate a sample checkpoint, quantize and dequantize
                                                      it, print the error and the throughput
+              plan --model NAME|hidden=..,ffn=..,layers=.. [--gpus 8,64,512,1024] [--tp 8] [--gpu h100]
+                   [--intra nvlink] [--inter ib|ethernet] [--tokens N] [--weights nf4|bf16] [--dgc RATIO]
+                   [--calibrate] [--json]            predicted per-layer time and scaling efficiency on TP x DP
+                                                     meshes (alpha-beta cost model); --calibrate checks the
+                                                     model's inputs against this machine
 
             D is cpu, cuda or cuda:N (default: the best available). Progress goes to stderr.
             """;
@@ -113,6 +118,7 @@ public final class Main {
             case "run" -> runOp(rest);
             case "bench" -> bench(rest);
             case "demo" -> new Demo(out, err).run(Args.parse(rest, Set.of("--keep"), Set.of("--dir", "--device")));
+            case "plan" -> new PlanCommand(out, err).run(rest);
             case "--version", "version" -> {
                 out.println(Qkern.info().libraryVersion());
                 yield 0;
