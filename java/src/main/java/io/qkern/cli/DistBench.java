@@ -124,9 +124,15 @@ final class DistBench implements BenchSuite {
         }
 
         public double seconds(BenchContext ctx, java.util.function.Consumer<Communicator> op) {
-            for (int i = 0; i < 3; i++) {
+            // warm up (JIT, MPI connections) for a time all ranks agree on: the slowest rank's clock
+            long warmStart = System.nanoTime();
+            int warmCalls = 0;
+            double warmed;
+            do {
                 op.accept(world);
-            }
+                warmCalls++;
+                warmed = slowest((System.nanoTime() - warmStart) / 1e9);
+            } while (warmed < (ctx.quick() ? 0.05 : 0.3) || warmCalls < 3);
             long t0 = System.nanoTime();
             op.accept(world);
             double first = slowest((System.nanoTime() - t0) / 1e9);

@@ -962,12 +962,16 @@ public final class MpiCommunicator implements Communicator {
         }
     }
 
-    /** Spin briefly (latency), then sleep up to 1 ms between polls (do not burn a core while waiting). */
+    /**
+     * Spin briefly (latency), then sleep between polls, at most 100 us (MPI progresses only inside
+     * MPI_Test, so a longer sleep adds directly to a small collective's latency; shorter sleeps burn
+     * a core while a slow peer computes).
+     */
     private static void backoff(int spins) {
-        if (spins < 200) {
+        if (spins < 2000) {
             Thread.onSpinWait();
         } else {
-            LockSupport.parkNanos(Math.min(1_000_000L, 10_000L * (spins - 199)));
+            LockSupport.parkNanos(Math.min(100_000L, 5_000L * (spins - 1999)));
         }
     }
 
