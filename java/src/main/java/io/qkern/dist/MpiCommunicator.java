@@ -47,12 +47,13 @@ import java.util.concurrent.locks.LockSupport;
  *       (shape, dtype, root, operation, or a collective against a send) fail on every rank with
  *       MISMATCH before any data moves. {@link #barrier()} is this exchange alone. send/recv exchange
  *       the pair's descriptions the same way (one message each way) before the data.</li>
- *   <li>Data moves with non-blocking MPI ({@code MPI_Ireduce_scatter_block}, {@code MPI_Iallgather},
- *       {@code MPI_Ibcast}, {@code MPI_Isend}/{@code MPI_Irecv}) polled with {@code MPI_Test} until the
+ *   <li>Data moves with non-blocking MPI (reduce-scatter as a ring of {@code MPI_Isend} /
+ *       {@code MPI_Irecv} reduced in Java, {@code MPI_Iallgather}, {@code MPI_Ibcast},
+ *       {@code MPI_Isend}/{@code MPI_Irecv}) polled with {@code MPI_Test} until the
  *       deadline; each step gets the full timeout. Counts above {@code 2^31 - 1} elements are split
  *       into several calls.</li>
  *   <li>allReduce is a reduce-scatter-block followed by an all-gather (the tensor padded to a multiple
- *       of {@code size}): each element is reduced once, on one rank, in Open MPI's order, and every
+ *       of {@code size}): each element is reduced once, on one rank, in ring order, and every
  *       rank receives those same bits. F16 and BF16 are widened to F32, reduced in F32, and rounded
  *       once to nearest-even; the all-gather then moves the 16-bit results.</li>
  *   <li>Inside a {@link CollectiveGroup} calls complete at once (each process drives one rank, so
@@ -77,6 +78,7 @@ public final class MpiCommunicator implements Communicator {
     private static final String BACKEND = "mpi";
     private static final int TAG_CALL = 0x7153;
     private static final int TAG_DATA = 0x7154;
+    private static final int TAG_RING = 0x7155;
     private static final long REQUEST_BYTES = ValueLayout.ADDRESS.byteSize();
     /** Largest element count per MPI call; lowered only by tests (qkern.mpi.maxCount) to exercise chunking. */
     private static final long MAX_COUNT = Math.max(1, Math.min(Integer.MAX_VALUE,
@@ -637,11 +639,6 @@ public final class MpiCommunicator implements Communicator {
             case I64 -> mpi.typeI64;
             default -> throw invalid("cannot reduce " + dt);
         };
-        MemorySegment mpiOp = switch (op) {
-            case SUM -> mpi.opSum;
-            case MAX -> mpi.opMax;
-            case MIN -> mpi.opMin;
-        };
         MemorySegment move = moveType(dt);
         long block = gather ? (n + size - 1) / size : recv.numel();   // elements each rank reduces
         long w = Math.min(block, MAX_COUNT);
@@ -657,6 +654,8 @@ public final class MpiCommunicator implements Communicator {
             MemorySegment gathered = gather ? arena.allocate(size * w * osz, 64) : null;
             MemorySegment req = arena.allocate(ValueLayout.ADDRESS);
             MemorySegment flag = arena.allocate(ValueLayout.JAVA_INT);
+            MemorySegment ring = arena.allocate(2 * w * rsz, 64);
+            MemorySegment ringReqs = arena.allocate(REQUEST_BYTES * 2, 8);
             long total = gather ? n : block * size;
             for (long off = 0; off < block; off += w) {
                 int len = (int) Math.min(w, block - off);
@@ -673,12 +672,7 @@ public final class MpiCommunicator implements Communicator {
                         to.asSlice(avail * rsz).fill((byte) 0);
                     }
                 }
-                MemorySegment packedNow = packed.asSlice(0, size * len * rsz);
-                issue(call, "MPI_Ireduce_scatter_block", () -> mpi.ireduceScatterBlock(packedNow, mine, len, redType,
-                        mpiOp, comm, req));
-                if (!await(call, req, flag)) {
-                    throw dataTimeout(call, "MPI_Ireduce_scatter_block");
-                }
+                ringReduceScatter(call, packed, mine, len, half ? DType.F32 : dt, redType, op, ring, ringReqs, flag);
                 if (half) {
                     narrow(mine, dt, len, mineNarrow);
                 }
@@ -700,6 +694,43 @@ public final class MpiCommunicator implements Communicator {
                     }
                 }
             }
+        }
+    }
+
+    /**
+     * Ring reduce-scatter of {@code packed} ({@code size} blocks of {@code len} elements of
+     * {@code redDtype}) into {@code mine} (this rank's block): in step s rank r passes its partial of
+     * block (r - s - 1) mod P to rank r + 1 and adds its own contribution to the partial of block
+     * (r - s - 2) mod P received from rank r - 1; after P - 1 steps it holds block r, reduced once,
+     * so every rank's copy after the all-gather has the same bits. Data moves with MPI_Isend/Irecv
+     * and is combined by {@link HostReduction}: Open MPI's non-blocking MPI_Ireduce_scatter_block
+     * (libnbc) reached only ~0.3 GB/s on 64 MiB here, the ring runs at memory speed.
+     */
+    private void ringReduceScatter(CollectiveCall call, MemorySegment packed, MemorySegment mine, int len,
+            DType redDtype, MemorySegment redType, ReduceOp op, MemorySegment ring, MemorySegment reqs,
+            MemorySegment flag) {
+        long bytes = len * (long) redDtype.byteSize();
+        if (size == 1) {
+            MemorySegment.copy(packed, 0, mine, 0, bytes);
+            return;
+        }
+        MemorySegment out = ring.asSlice(0, bytes);
+        MemorySegment in = ring.asSlice(bytes, bytes);
+        int next = (rank + 1) % size;
+        int prev = (rank + size - 1) % size;
+        MemorySegment.copy(packed, Math.floorMod(rank - 1, size) * bytes, out, 0, bytes);
+        for (int step = 0; step < size - 1; step++) {
+            MemorySegment recvReq = reqs.asSlice(0, REQUEST_BYTES);
+            MemorySegment sendReq = reqs.asSlice(REQUEST_BYTES, REQUEST_BYTES);
+            issue(call, "MPI_Irecv", () -> mpi.irecv(in, len, redType, prev, TAG_RING, comm, recvReq));
+            issue(call, "MPI_Isend", () -> mpi.isend(out, len, redType, next, TAG_RING, comm, sendReq));
+            if (!pollAll(call, reqs, new boolean[2], flag, System.nanoTime() + timeout.toNanos())) {
+                throw dataTimeout(call, "ring reduce-scatter step " + step);
+            }
+            int block = Math.floorMod(rank - step - 2, size);
+            MemorySegment target = step == size - 2 ? mine : out;
+            HostReduction.reduce(redDtype, op, List.of(in, packed.asSlice(block * bytes, bytes)), 0, List.of(target),
+                    0, len);
         }
     }
 
@@ -906,7 +937,8 @@ public final class MpiCommunicator implements Communicator {
 
     /** Polls one request with MPI_Test until it completes (true) or the deadline passes (false). */
     private static boolean poll(MpiLibrary mpi, String what, MemorySegment req, MemorySegment flag, long deadline) {
-        for (int spins = 0;; spins++) {
+        long waitStart = System.nanoTime();
+        for (;;) {
             int rc;
             MpiLibrary.LOCK.lock();
             try {
@@ -925,14 +957,15 @@ public final class MpiCommunicator implements Communicator {
             if (System.nanoTime() - deadline > 0) {
                 return false;
             }
-            backoff(spins);
+            backoff(waitStart);
         }
     }
 
     /** Polls every request not yet {@code done}; true once all are, false at the deadline. */
     private boolean pollAll(CollectiveCall call, MemorySegment reqs, boolean[] done, MemorySegment flag,
             long deadline) {
-        for (int spins = 0;; spins++) {
+        long waitStart = System.nanoTime();
+        for (;;) {
             boolean all = true;
             MpiLibrary.LOCK.lock();
             try {
@@ -958,22 +991,25 @@ public final class MpiCommunicator implements Communicator {
             if (System.nanoTime() - deadline > 0) {
                 return false;
             }
-            backoff(spins);
+            backoff(waitStart);
         }
     }
 
     /**
-     * Spin briefly (latency), then sleep between polls, at most 100 us (MPI progresses only inside
-     * MPI_Test, so a longer sleep adds directly to a small collective's latency; shorter sleeps burn
-     * a core while a slow peer computes).
+     * Open MPI moves data only inside MPI_Test (as its blocking calls do, by busy-polling), so a
+     * wait polls back to back — sleeping between polls would throttle a large transfer to one
+     * fragment per sleep. Only a wait longer than {@link #BUSY_POLL_NANOS} (a stalled or much
+     * slower peer) sleeps 50 us between polls, so it does not burn a core until the timeout.
      */
-    private static void backoff(int spins) {
-        if (spins < 2000) {
+    private static void backoff(long waitStartNanos) {
+        if (System.nanoTime() - waitStartNanos < BUSY_POLL_NANOS) {
             Thread.onSpinWait();
         } else {
-            LockSupport.parkNanos(Math.min(100_000L, 5_000L * (spins - 1999)));
+            LockSupport.parkNanos(50_000L);
         }
     }
+
+    private static final long BUSY_POLL_NANOS = 500_000_000L;
 
     /** Device tensors are refused with a hint (CollectiveCall does the other checks). */
     private void hostOnly(String what, Tensor input, Tensor output) {

@@ -57,9 +57,6 @@ final class MpiLibrary {
     final MemorySegment typeDouble;
     final MemorySegment typeI32;
     final MemorySegment typeI64;
-    final MemorySegment opSum;
-    final MemorySegment opMax;
-    final MemorySegment opMin;
 
     final MethodHandle initThread;        // (int*, char***, int, int*) -> int
     final MethodHandle initialized;       // (int*) -> int
@@ -81,7 +78,6 @@ final class MpiLibrary {
     final MethodHandle requestFree;       // (req*) -> int
     final MethodHandle iallgather;        // (void*, int, type, void*, int, type, comm, req*) -> int
     final MethodHandle ibcast;            // (void*, int, type, int, comm, req*) -> int
-    final MethodHandle ireduceScatterBlock; // (void*, void*, int, type, op, comm, req*) -> int
 
     private MpiLibrary(String path, MemorySegment handle, Dl dl) {
         this.path = path;
@@ -96,9 +92,6 @@ final class MpiLibrary {
         typeDouble = dl.symbol(handle, path, "ompi_mpi_double");
         typeI32 = dl.symbol(handle, path, "ompi_mpi_int32_t");
         typeI64 = dl.symbol(handle, path, "ompi_mpi_int64_t");
-        opSum = dl.symbol(handle, path, "ompi_mpi_op_sum");
-        opMax = dl.symbol(handle, path, "ompi_mpi_op_max");
-        opMin = dl.symbol(handle, path, "ompi_mpi_op_min");
 
         initThread = dl.function(handle, path, "MPI_Init_thread", FunctionDescriptor.of(I, P, P, I, P));
         initialized = dl.function(handle, path, "MPI_Initialized", FunctionDescriptor.of(I, P));
@@ -120,8 +113,6 @@ final class MpiLibrary {
         requestFree = dl.function(handle, path, "MPI_Request_free", FunctionDescriptor.of(I, P));
         iallgather = dl.function(handle, path, "MPI_Iallgather", FunctionDescriptor.of(I, P, I, P, P, I, P, P, P));
         ibcast = dl.function(handle, path, "MPI_Ibcast", FunctionDescriptor.of(I, P, I, P, I, P, P));
-        ireduceScatterBlock = dl.function(handle, path, "MPI_Ireduce_scatter_block",
-                FunctionDescriptor.of(I, P, P, I, P, P, P, P));
     }
 
     /** The process's libmpi, opened on first use; a failed attempt is not cached (the path may be fixed). */
@@ -291,14 +282,6 @@ final class MpiLibrary {
         }
     }
 
-    int ireduceScatterBlock(MemorySegment send, MemorySegment recv, int count, MemorySegment type,
-            MemorySegment op, MemorySegment comm, MemorySegment request) {
-        try {
-            return (int) ireduceScatterBlock.invokeExact(send, recv, count, type, op, comm, request);
-        } catch (Throwable t) {
-            throw MpiLibrary.<RuntimeException>rethrow(t);
-        }
-    }
 
     /** "Open MPI v4.1.4, ..." — MPI_Get_library_version's first line. */
     String version() {

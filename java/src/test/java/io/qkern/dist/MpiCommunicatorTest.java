@@ -95,6 +95,20 @@ class MpiCommunicatorTest {
     }
 
     @Test
+    void threeProcessesRunTheRingReduceScatterForEveryDtypeAndOp() throws Exception {
+        // the ring takes P - 1 steps and reduces each block starting at a different rank: 3 ranks
+        // exercise what 2 cannot (values are small integers, so every order gives the same sum)
+        Run run = mpirun(3, Duration.ofSeconds(180), List.of(), "ring");
+        assertEquals(0, run.exitCode, run.output);
+        for (int r = 0; r < 3; r++) {
+            Matcher m = Pattern.compile("RESULT ring rank " + r + " checks (\\d+) failures (\\d+)").matcher(run.output);
+            assertTrue(m.find(), "rank " + r + " reported nothing:\n" + run.output);
+            assertTrue(Integer.parseInt(m.group(1)) > 100, run.output);
+            assertEquals("0", m.group(2), run.output);
+        }
+    }
+
+    @Test
     void everyCollectiveSplitIntoSmallMpiCalls() throws Exception {
         // the > 2^31-1 element path, exercised with calls of at most 7 elements
         Run run = mpirun(Duration.ofSeconds(180), List.of("-Dqkern.mpi.maxCount=7"), "collectives");
@@ -145,8 +159,14 @@ class MpiCommunicatorTest {
     }
 
     private static Run mpirun(Duration limit, List<String> extraJvmFlags, String... mainArgs) throws Exception {
+        return mpirun(2, limit, extraJvmFlags, mainArgs);
+    }
+
+    private static Run mpirun(int processes, Duration limit, List<String> extraJvmFlags, String... mainArgs)
+            throws Exception {
         String mpirun = requireMpi();
-        List<String> cmd = new ArrayList<>(List.of(mpirun, "-np", "2", "--oversubscribe", "--bind-to", "none"));
+        List<String> cmd = new ArrayList<>(List.of(mpirun, "-np", Integer.toString(processes), "--oversubscribe",
+                "--bind-to", "none"));
         if ("root".equals(System.getProperty("user.name"))) {
             cmd.add("--allow-run-as-root");
         }

@@ -41,6 +41,7 @@ public final class MpiSelfTestMain {
         String scenario = args.length > 0 ? args[0] : "collectives";
         switch (scenario) {
             case "collectives" -> collectives();
+            case "ring" -> ring();
             case "stall" -> stall(Duration.ofMillis(Long.parseLong(args[1])));
             case "die" -> die(Duration.ofMillis(Long.parseLong(args[1])));
             default -> throw new IllegalArgumentException("unknown scenario " + scenario);
@@ -48,6 +49,95 @@ public final class MpiSelfTestMain {
     }
 
     // ---- scenarios ---------------------------------------------------------------------------------
+
+    /** Any number of ranks: all-reduce and reduce-scatter of small integers (exact in every dtype and order). */
+    private static void ring() {
+        int checks = 0;
+        int failures = 0;
+        int rank;
+        try (MpiCommunicator world = MpiCommunicator.world(Duration.ofSeconds(60))) {
+            rank = world.rank();
+            int size = world.size();
+            for (io.qkern.DType dt : List.of(io.qkern.DType.F32, io.qkern.DType.F64, io.qkern.DType.F16,
+                    io.qkern.DType.BF16, io.qkern.DType.I32, io.qkern.DType.I64)) {
+                for (ReduceOp op : ReduceOp.values()) {
+                    for (long n : new long[] {1, 7, 1000, 30001}) {
+                        try (io.qkern.Tensor x = small(dt, rank, n, 0); io.qkern.Tensor y = small(dt, rank, n, 0)) {
+                            world.allReduce(x, y, op);
+                            for (long i = 0; i < n; i++) {
+                                checks++;
+                                if (read(dt, y, i) != expected(op, size, i)) {
+                                    failures++;
+                                    System.out.println("FAIL rank " + rank + " allReduce " + dt + " " + op + " n " + n
+                                            + " element " + i + ": " + read(dt, y, i) + " != " + expected(op, size, i));
+                                }
+                            }
+                        }
+                        try (io.qkern.Tensor x = small(dt, rank, n * size, 0); io.qkern.Tensor y = small(dt, rank, n, 0)) {
+                            world.reduceScatter(x, y, op);
+                            for (long i = 0; i < n; i++) {
+                                checks++;
+                                if (read(dt, y, i) != expected(op, size, rank * n + i)) {
+                                    failures++;
+                                    System.out.println("FAIL rank " + rank + " reduceScatter " + dt + " " + op + " n " + n
+                                            + " element " + i);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        System.out.println("RESULT ring rank " + rank + " checks " + checks + " failures " + failures);
+    }
+
+    private static long smallValue(int rank, long i) {
+        return (i * 31 + rank * 17) % 13 - 6;
+    }
+
+    private static long expected(ReduceOp op, int size, long i) {
+        long acc = smallValue(0, i);
+        for (int r = 1; r < size; r++) {
+            long v = smallValue(r, i);
+            acc = switch (op) {
+                case SUM -> acc + v;
+                case MAX -> Math.max(acc, v);
+                case MIN -> Math.min(acc, v);
+            };
+        }
+        return acc;
+    }
+
+    private static io.qkern.Tensor small(io.qkern.DType dt, int rank, long n, int unused) {
+        io.qkern.Tensor t = io.qkern.Tensor.allocate(dt, io.qkern.Device.CPU, n);
+        var s = t.segment();
+        for (long i = 0; i < n; i++) {
+            long v = smallValue(rank, i);
+            switch (dt) {
+                case F32 -> s.set(java.lang.foreign.ValueLayout.JAVA_FLOAT_UNALIGNED, 4 * i, v);
+                case F64 -> s.set(java.lang.foreign.ValueLayout.JAVA_DOUBLE_UNALIGNED, 8 * i, v);
+                case F16 -> s.set(java.lang.foreign.ValueLayout.JAVA_SHORT_UNALIGNED, 2 * i, Float.floatToFloat16(v));
+                case BF16 -> s.set(java.lang.foreign.ValueLayout.JAVA_SHORT_UNALIGNED, 2 * i,
+                        (short) (Float.floatToIntBits(v) >>> 16));
+                case I32 -> s.set(java.lang.foreign.ValueLayout.JAVA_INT_UNALIGNED, 4 * i, (int) v);
+                default -> s.set(java.lang.foreign.ValueLayout.JAVA_LONG_UNALIGNED, 8 * i, v);
+            }
+        }
+        return t;
+    }
+
+    private static long read(io.qkern.DType dt, io.qkern.Tensor t, long i) {
+        var s = t.segment();
+        double v = switch (dt) {
+            case F32 -> s.get(java.lang.foreign.ValueLayout.JAVA_FLOAT_UNALIGNED, 4 * i);
+            case F64 -> s.get(java.lang.foreign.ValueLayout.JAVA_DOUBLE_UNALIGNED, 8 * i);
+            case F16 -> Float.float16ToFloat(s.get(java.lang.foreign.ValueLayout.JAVA_SHORT_UNALIGNED, 2 * i));
+            case BF16 -> Float.intBitsToFloat(s.get(java.lang.foreign.ValueLayout.JAVA_SHORT_UNALIGNED, 2 * i) << 16);
+            case I32 -> s.get(java.lang.foreign.ValueLayout.JAVA_INT_UNALIGNED, 4 * i);
+            default -> s.get(java.lang.foreign.ValueLayout.JAVA_LONG_UNALIGNED, 8 * i);
+        };
+        return (long) v == v ? (long) v : Long.MIN_VALUE;
+    }
 
     private static void collectives() {
         MpiSelfTestMain t;
