@@ -502,6 +502,7 @@ public final class MpiCommunicator implements Communicator {
                 return;
             }
             closed = true;
+            freeScratch();
         }
         synchronized (MpiCommunicator.class) {
             openCount--;
@@ -648,14 +649,27 @@ public final class MpiCommunicator implements Communicator {
             if (overlaps(src, dst) && src.address() != dst.address()) {
                 src = arena.allocate(src.byteSize(), 64).copyFrom(src);
             }
-            MemorySegment packed = arena.allocate(size * w * rsz, 64);
-            MemorySegment mine = arena.allocate(w * rsz, 64);
-            MemorySegment mineNarrow = half ? arena.allocate(w * osz, 64) : mine;
-            MemorySegment gathered = gather ? arena.allocate(size * w * osz, 64) : null;
-            MemorySegment req = arena.allocate(ValueLayout.ADDRESS);
-            MemorySegment flag = arena.allocate(ValueLayout.JAVA_INT);
-            MemorySegment ring = arena.allocate(2 * w * rsz, 64);
-            MemorySegment ringReqs = arena.allocate(REQUEST_BYTES * 2, 8);
+            // scratch reused across calls: fresh buffers this size would be page-faulted in on every call
+            long packedBytes = align(size * w * rsz);
+            long mineBytes = align(w * rsz);
+            long narrowBytes = half ? align(w * osz) : 0;
+            long gatheredBytes = gather ? align(size * w * osz) : 0;
+            long ringBytes = align(2 * w * rsz);
+            MemorySegment slab = scratch(packedBytes + mineBytes + narrowBytes + gatheredBytes + ringBytes + 64);
+            long at = 0;
+            MemorySegment packed = slab.asSlice(at, packedBytes);
+            at += packedBytes;
+            MemorySegment mine = slab.asSlice(at, mineBytes);
+            at += mineBytes;
+            MemorySegment mineNarrow = half ? slab.asSlice(at, narrowBytes) : mine;
+            at += narrowBytes;
+            MemorySegment gathered = gather ? slab.asSlice(at, gatheredBytes) : null;
+            at += gatheredBytes;
+            MemorySegment ring = slab.asSlice(at, ringBytes);
+            at += ringBytes;
+            MemorySegment req = slab.asSlice(at, ValueLayout.ADDRESS.byteSize());
+            MemorySegment flag = slab.asSlice(at + 8, 4);
+            MemorySegment ringReqs = slab.asSlice(at + 16, REQUEST_BYTES * 2);
             long total = gather ? n : block * size;
             for (long off = 0; off < block; off += w) {
                 int len = (int) Math.min(w, block - off);
@@ -732,6 +746,35 @@ public final class MpiCommunicator implements Communicator {
             HostReduction.reduce(redDtype, op, List.of(in, packed.asSlice(block * bytes, bytes)), 0, List.of(target),
                     0, len);
         }
+    }
+
+    private Arena scratchArena;
+    private MemorySegment scratchSlab;
+
+    private static long align(long bytes) {
+        return (bytes + 63) & ~63L;
+    }
+
+    /**
+     * A grow-only scratch slab owned by this communicator (its calls are synchronized, so no call is
+     * using it here). After a TIMEOUT or BACKEND failure MPI may still write into it, so it is then
+     * never freed.
+     */
+    private MemorySegment scratch(long bytes) {
+        if (scratchSlab == null || scratchSlab.byteSize() < bytes) {
+            freeScratch();
+            scratchArena = Arena.ofShared();
+            scratchSlab = scratchArena.allocate(bytes, 64);
+        }
+        return scratchSlab.asSlice(0, bytes);
+    }
+
+    private void freeScratch() {
+        if (scratchArena != null && processFailure == null) {
+            scratchArena.close();
+        }
+        scratchArena = null;
+        scratchSlab = null;
     }
 
     private void gather(CollectiveCall call, Tensor send, Tensor recv) {
