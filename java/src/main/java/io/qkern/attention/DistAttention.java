@@ -288,24 +288,10 @@ public final class DistAttention implements AutoCloseable {
                             transport.send(inst, home, r.lse().toFloatArray(), "partial")});
                 }
             }
-            if (partials.isEmpty()) {  // no blocks: the empty result
-                float[] lse = new float[numQueryHeads];
-                java.util.Arrays.fill(lse, Float.NEGATIVE_INFINITY);
-                return new float[][] {new float[numQueryHeads * d], lse};
-            }
             if (mergeOrder != null) {
                 Collections.shuffle(partials, mergeOrder);
             }
-            try (Tensor accOut = Tensor.ofFloats(partials.get(0)[0], numQueryHeads, d);
-                    Tensor accLse = Tensor.ofFloats(partials.get(0)[1], numQueryHeads)) {
-                for (int i = 1; i < partials.size(); i++) {
-                    try (Tensor o = Tensor.ofFloats(partials.get(i)[0], numQueryHeads, d);
-                            Tensor l = Tensor.ofFloats(partials.get(i)[1], numQueryHeads)) {
-                        PagedAttention.mergeInto(accOut, accLse, o, l, accOut, accLse);
-                    }
-                }
-                return new float[][] {accOut.toFloatArray(), accLse.toFloatArray()};
-            }
+            return PagedAttention.mergePartials(partials, numQueryHeads, d);
         }
 
         /** Returns every block to its instance, settling loans. */

@@ -167,6 +167,29 @@ public final class PagedAttention {
         }
     }
 
+    /**
+     * Merges host partials {out [heads * headDim], lse [heads]} over disjoint key sets, in list order
+     * (pairwise, with the merge kernel). No partials: the empty result, out = 0 and lse = -inf.
+     * Returns {out, lse}. How DistAttention combines what the instances (or ranks) sent back.
+     */
+    public static float[][] mergePartials(java.util.List<float[][]> partials, int heads, int headDim) {
+        if (partials.isEmpty()) {
+            float[] lse = new float[heads];
+            java.util.Arrays.fill(lse, Float.NEGATIVE_INFINITY);
+            return new float[][] {new float[heads * headDim], lse};
+        }
+        try (Tensor accOut = Tensor.ofFloats(partials.get(0)[0], heads, headDim);
+                Tensor accLse = Tensor.ofFloats(partials.get(0)[1], heads)) {
+            for (int i = 1; i < partials.size(); i++) {
+                try (Tensor o = Tensor.ofFloats(partials.get(i)[0], heads, headDim);
+                        Tensor l = Tensor.ofFloats(partials.get(i)[1], heads)) {
+                    mergeInto(accOut, accLse, o, l, accOut, accLse);
+                }
+            }
+            return new float[][] {accOut.toFloatArray(), accLse.toFloatArray()};
+        }
+    }
+
     private static int checkQuery(Tensor q, PagedKvCache cache) {
         long[] s = q.shape();
         PagedKvCache.Spec spec = cache.spec();

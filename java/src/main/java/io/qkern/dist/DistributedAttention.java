@@ -302,24 +302,10 @@ public final class DistributedAttention implements AutoCloseable {
     }
 
     private static float[][] merge(List<float[][]> partials, int heads, int d, java.util.Random order) {
-        if (partials.isEmpty()) {
-            float[] lse = new float[heads];
-            Arrays.fill(lse, Float.NEGATIVE_INFINITY);
-            return new float[][] {new float[heads * d], lse};
-        }
         if (order != null) {
             Collections.shuffle(partials, order);
         }
-        try (Tensor accOut = Tensor.ofFloats(partials.get(0)[0], heads, d);
-                Tensor accLse = Tensor.ofFloats(partials.get(0)[1], heads)) {
-            for (int i = 1; i < partials.size(); i++) {
-                try (Tensor o = Tensor.ofFloats(partials.get(i)[0], heads, d);
-                        Tensor l = Tensor.ofFloats(partials.get(i)[1], heads)) {
-                    PagedAttention.mergeInto(accOut, accLse, o, l, accOut, accLse);
-                }
-            }
-            return new float[][] {accOut.toFloatArray(), accLse.toFloatArray()};
-        }
+        return PagedAttention.mergePartials(partials, heads, d);
     }
 
     /** Frees the sequence's blocks on every rank and settles its loans; collective. */
