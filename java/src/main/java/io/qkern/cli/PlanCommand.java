@@ -138,7 +138,8 @@ final class PlanCommand {
                     plan.step() == LayerPlan.Step.TRAINING ? "training" : "inference", plan.tokens(), plan.seq(),
                     plan.weights().name().toLowerCase(Locale.ROOT),
                     plan.step() == LayerPlan.Step.INFERENCE ? "no"
-                            : plan.dgcRatio() > 0 ? String.format(Locale.ROOT, "DGC %g (or dense)", plan.dgcRatio()) : "dense");
+                            : plan.dgcRatio() > 0 ? "DGC ratio " + java.math.BigDecimal.valueOf(plan.dgcRatio())
+                                    .stripTrailingZeros().toPlainString() + " (or dense)" : "dense");
             out.printf(Locale.ROOT, "%6s %4s %5s %5s %12s %12s %12s %12s %10s%n", "gpus", "tp", "dp", "nodes",
                     "compute ms", "tp comm ms", "dp comm ms", "total ms", "efficiency");
         }
