@@ -127,6 +127,12 @@ public final class NcclCommunicator implements Communicator {
      * {@code bootstrap}; every rank then joins on {@code device}. A collective call on bootstrap.
      */
     public static NcclCommunicator initRank(Communicator bootstrap, Device device, Duration timeout) {
+        NcclUniqueId id = shareUniqueId(bootstrap, NcclUniqueId::create);
+        return initRank(id, bootstrap.rank(), bootstrap.size(), device, timeout);
+    }
+
+    /** Rank 0's {@code create()}d id, broadcast over the host communicator {@code bootstrap} to every rank. */
+    static NcclUniqueId shareUniqueId(Communicator bootstrap, java.util.function.Supplier<NcclUniqueId> create) {
         if (!bootstrap.device().isCpu()) {
             throw new IllegalArgumentException("the bootstrap communicator must move host tensors, it is on "
                     + bootstrap.device());
@@ -134,10 +140,10 @@ public final class NcclCommunicator implements Communicator {
         try (io.qkern.Tensor id = io.qkern.Tensor.allocate(io.qkern.DType.U8, Device.CPU, NcclUniqueId.BYTES)) {
             id.fillBytes(0);
             if (bootstrap.rank() == 0) {
-                id.segment().copyFrom(java.lang.foreign.MemorySegment.ofArray(NcclUniqueId.create().toBytes()));
+                id.segment().copyFrom(java.lang.foreign.MemorySegment.ofArray(create.get().toBytes()));
             }
             bootstrap.broadcast(id, 0);
-            return initRank(id.toByteArray(), bootstrap.rank(), bootstrap.size(), device, timeout);
+            return NcclUniqueId.of(id.toByteArray());
         }
     }
 
