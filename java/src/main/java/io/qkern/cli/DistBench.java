@@ -83,7 +83,14 @@ final class DistBench implements BenchSuite {
         }
 
         public double seconds(BenchContext ctx, java.util.function.Consumer<Communicator> op) {
-            return ctx.seconds(() -> lockstep.step(op));
+            // 64 back-to-back calls per lockstep step: the step's own start/end barrier (thread
+            // wake-ups, tens of microseconds) would otherwise be most of a small collective's time
+            final int inner = 64;
+            return ctx.seconds(() -> lockstep.step(c -> {
+                for (int i = 0; i < inner; i++) {
+                    op.accept(c);
+                }
+            })) / inner;
         }
 
         public void once(java.util.function.Consumer<Communicator> op) {

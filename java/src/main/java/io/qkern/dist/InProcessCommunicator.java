@@ -33,6 +33,7 @@ import java.util.concurrent.locks.ReentrantLock;
  */
 public final class InProcessCommunicator implements Communicator {
     private static final String BACKEND = "in-process";
+    private static final long SPIN_NANOS = 50_000;
 
     private final World world;
     private final int rank;
@@ -177,9 +178,10 @@ public final class InProcessCommunicator implements Communicator {
         final Tensor[] sends;
         final Tensor[] recvs;
         final long[] arrivedAt;
-        int arrived;
-        int finished;
-        int sharing;
+        // volatile: waiters spin on them without the lock before they block (see World.await)
+        volatile int arrived;
+        volatile int finished;
+        volatile int sharing;
         int left;
         boolean[] done;
         InProcessCommunicator[] splitResult;
@@ -217,8 +219,10 @@ public final class InProcessCommunicator implements Communicator {
         final boolean[] closedRanks;
         final Map<Long, Rendezvous> collectives = new HashMap<>();
         final Map<PairKey, Rendezvous> pairs = new HashMap<>();
-        CommunicatorException.Kind failureKind;
-        String failure;
+        volatile CommunicatorException.Kind failureKind;
+        volatile String failure;
+        /** Spin before blocking only when every rank can have its own core: else spinning steals theirs. */
+        final boolean spin;
 
         World(int size, Duration timeout) {
             this.size = size;
@@ -227,6 +231,7 @@ public final class InProcessCommunicator implements Communicator {
             sendSeq = new long[size][size];
             recvSeq = new long[size][size];
             closedRanks = new boolean[size];
+            spin = size <= Runtime.getRuntime().availableProcessors();
         }
 
         Pending post(InProcessCommunicator c, CollectiveCall call, Tensor send, Tensor recv) {
@@ -328,6 +333,24 @@ public final class InProcessCommunicator implements Communicator {
         /** Waits (under the lock) until {@code ready} holds, failing on abort or on the deadline. */
         void await(Rendezvous rv, int slot, boolean arrival, java.util.function.BooleanSupplier ready) {
             long deadline = rv.arrivedAt[slot] + timeout.toNanos() * (arrival ? 1 : 2);
+            if (spin && !ready.getAsBoolean() && failure == null) {
+                // Peers usually arrive within microseconds; parking and being woken through the OS
+                // costs tens of them. Spin briefly with the lock released, then block as before.
+                lock.unlock();
+                try {
+                    long spinUntil = System.nanoTime() + SPIN_NANOS;
+                    for (int spins = 1; !ready.getAsBoolean() && failure == null && System.nanoTime() < spinUntil;
+                            spins++) {
+                        if ((spins & 63) == 0) {
+                            Thread.yield(); // let runnable threads (the JIT, GC) have the core now and then
+                        } else {
+                            Thread.onSpinWait();
+                        }
+                    }
+                } finally {
+                    lock.lock();
+                }
+            }
             while (!ready.getAsBoolean()) {
                 if (failure != null) {
                     throw new CommunicatorException(failureKind, failure);

@@ -100,6 +100,15 @@ public final class Calibration {
         try {
             List<List<CollectiveSample>> perRank = mesh.run(comms, comm -> {
                 List<CollectiveSample> out = new ArrayList<>();
+                // JIT warm-up of the whole collective path before the first timing (a count, not a
+                // time: every rank must make the same calls)
+                try (Tensor a = Tensor.allocate(DType.F32, Device.CPU, ranks);
+                        Tensor b = Tensor.allocate(DType.F32, Device.CPU, ranks)) {
+                    a.fillBytes(0);
+                    for (int i = 0; i < 5000; i++) {
+                        comm.allReduce(a, b, ReduceOp.SUM);
+                    }
+                }
                 for (long bytes : sizes) {
                     long n = bytes / 4;
                     int batch = (int) Math.max(3, Math.min(2000, (64L << 20) / bytes));
@@ -114,7 +123,11 @@ public final class Calibration {
                             Runnable call = c == Collective.ALL_REDUCE
                                     ? () -> comm.allReduce(send, recv, ReduceOp.SUM)
                                     : () -> comm.allGather(piece, recv);
-                            call.run(); // warm-up: first touch of the pages, JIT
+                            // warm-up, one untimed batch: first touch of the pages, and the JIT
+                            // (a single call left small sizes timed partly in the interpreter)
+                            for (int i = 0; i < batch; i++) {
+                                call.run();
+                            }
                             double best = Double.POSITIVE_INFINITY;
                             for (int t = 0; t < trials; t++) {
                                 comm.barrier();
