@@ -32,8 +32,9 @@ import java.util.TreeSet;
  * <p>Placement (the global view, computed identically on every rank): a new block goes to the home
  * rank while it has more than its reserve free; otherwise it is borrowed from the rank with the most
  * spare blocks (free minus reserve; ties to the lower rank) — a rank at or below its reserve refuses
- * to lend; if none can lend, home dips into its own reserve; with no free block anywhere,
- * {@link KvCacheFullException} on every rank. Loans are recorded and settled when the sequence is freed.
+ * to lend; if none can lend, {@link KvCacheFullException} on every rank. This is the rule of the
+ * single-process {@link io.qkern.attention.DistAttention}, computed from all-gathered free counts.
+ * Loans are recorded and settled when the sequence is freed.
  *
  * <p>Not thread-safe: each rank's instance is driven by its own thread.
  */
@@ -200,13 +201,10 @@ public final class DistributedAttention implements AutoCloseable {
                     owner = r;
                 }
             }
-            if (owner < 0 && state[2 * s.home] > 0) {
-                owner = s.home; // nobody can lend: the home's own reserve
-            }
         }
         if (owner < 0) {
             throw new KvCacheFullException("rank " + s.home + " needs a KV block for a sequence of length " + s.length
-                    + " and no rank has one to spare (free per rank: " + freeList(state) + ")");
+                    + " and no rank has one to spare above its reserve (free per rank: " + freeList(state) + ")");
         }
         if (comm.rank() == owner) {
             s.localHandles.put(s.owners.size(), allocator.allocate());

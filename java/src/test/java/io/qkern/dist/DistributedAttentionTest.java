@@ -135,8 +135,8 @@ class DistributedAttentionTest {
     @Test
     void blocksSpreadByLendingAndTheMergedResultEqualsDenseAttention() {
         for (int length : new int[] {1, BLOCK - 1, BLOCK, BLOCK + 1, 100, 161}) {
-            // rank 0 has 4 blocks (reserve 2: it uses 2 before borrowing), ranks 1 and 2 have 6 each
-            List<Outcome> out = run(new int[] {4, 6, 6}, 2, length, 31 + length, true);
+            // rank 0 has 4 blocks (reserve 2: it uses 2 before borrowing), ranks 1 and 2 have 8 each
+            List<Outcome> out = run(new int[] {4, 8, 8}, 2, length, 31 + length, true);
             assertMatchesReference(out.get(0).result(), length, 31 + length);
             assertNull(out.get(1).result());
             int blocks = (length + BLOCK - 1) / BLOCK;
@@ -145,8 +145,8 @@ class DistributedAttentionTest {
                 assertEquals(out.get(0).placements(), o.placements(), "the sequence table is the same on every rank");
             }
             int onHome = (int) out.get(0).placements().stream().filter(p -> p.rank() == 0).count();
-            // home uses its blocks above the reserve (2), borrows the lenders' spare (4 + 4), then its reserve
-            assertEquals(Math.min(blocks, 2) + Math.max(0, blocks - 10), onHome, "length " + length);
+            // home uses its blocks above the reserve (2), then borrows; it never gives up its reserve
+            assertEquals(Math.min(blocks, 2), onHome, "length " + length);
             assertEquals(new int[] {4, 6, 6}[0], out.get(0).freeAfter(), "free returns every block");
         }
     }
@@ -196,16 +196,18 @@ class DistributedAttentionTest {
 
     @Test
     void aRankAtItsReserveRefusesToLendAndAFullClusterFailsEverywhere() {
-        // rank 1 has only its reserve: blocks go to home (1 above its reserve, then 1 of the reserve) and
-        // rank 2 (3 spare), never rank 1
-        List<Outcome> out = run(new int[] {3, 2, 5}, 2, 5 * BLOCK, 3, false);
+        // rank 1 has only its reserve: blocks go to home (1 above its reserve) and rank 2 (3 spare),
+        // never rank 1; a fifth block finds nobody with a block to spare
+        List<Outcome> out = run(new int[] {3, 2, 5}, 2, 4 * BLOCK, 3, false);
         assertTrue(out.get(0).placements().stream().noneMatch(p -> p.rank() == 1), out.get(0).placements().toString());
+        assertEquals(1, out.get(0).placements().stream().filter(p -> p.rank() == 0).count());
+        assertThrows(RankFailureException.class, () -> run(new int[] {3, 2, 5}, 2, 4 * BLOCK + 1, 3, false));
         RankFailureException e = assertThrows(RankFailureException.class,
                 () -> run(new int[] {1, 1}, 0, 2 * BLOCK + 1, 3, false));
         for (Throwable t : e.failures().values()) {
             if (!(t instanceof CommunicatorException)) {
                 assertInstanceOf(KvCacheFullException.class, t);
-                assertTrue(t.getMessage().contains("no rank has one to spare"), t.getMessage());
+                assertTrue(t.getMessage().contains("no rank has one to spare above its reserve"), t.getMessage());
             }
         }
         assertInstanceOf(KvCacheFullException.class, e.getCause());
