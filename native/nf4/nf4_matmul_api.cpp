@@ -3,7 +3,7 @@
 //
 // CPU plan. The activations are converted once to float32 in the kernel table's permuted
 // layout (xq, k padded to a multiple of 64 with zeros). Then:
-//  - forward, m <= 16, aligned shapes (k % 64 == 0, blocksize >= 64): the fused GEMV streams
+//  - forward, m <= 8 (kGemvMaxRows), aligned shapes (k % 64 == 0, blocksize >= 64): the fused GEMV streams
 //    each packed row once for all m rows; threads split the output columns;
 //  - everything else: per block of 48 weight rows, 256-column tiles of W are decoded into a
 //    float32 tile that stays in L2 and multiplied by every activation row (forward: dot
@@ -227,7 +227,7 @@ void input_grad_cpu(const qk_tensor* dy, const Weights& w, const qk_tensor* dx) 
     g = dy32.data();
   }
   std::vector<float> accq((size_t)(m * kp), 0.0f);
-  if (m <= nf4mm::kGemvMaxRows) {
+  if (m <= nf4mm::kInputGradFewRows) {
     // Few rows: stream W in bands of whole rows (sequential reads, few pages), each band
     // summing into its own partial dx; the partials are added in band order, so the result
     // does not depend on the thread count. (A k-split would read every row in 128-byte

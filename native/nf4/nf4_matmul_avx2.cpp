@@ -74,33 +74,45 @@ inline float hsum(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
-// MG activation rows at once. Each 64-column chunk lies in one absmax block (blocksize >= 64),
-// so a row's chunk sum is taken over the bare table values and scaled once by one FMA into the
-// running sum: a multiply per weight vector less, which is what the shuffle-bound M = 1 loop
-// needs (shuffles share Zen 3's FP pipes with the FMAs). Two partial chains per row (even and
-// odd vectors) keep the FMA latency hidden.
+// MG activation rows at once. Each 64-column chunk lies in one absmax block (blocksize >= 64).
+// For one or two rows a row's chunk sum is taken over the bare table values and scaled once by
+// one FMA into the running sum: a multiply per weight vector less, which the shuffle-bound loop
+// needs (shuffles share Zen 3's FP pipes with the FMAs); two partial chains per row hide the FMA
+// latency. More rows would run out of registers that way, so they scale the decoded weights
+// (one multiply per vector, shared by all rows) and keep one accumulator per row.
 template <int MG>
 void gemv_group(const uint8_t* packed, const float* absmax, int64_t row, int64_t k, int64_t blocksize, int64_t k0,
                 int64_t klen, const float* xq,
                 int64_t ldx, const Planes& t, float* out, int64_t ldy) {
-  __m256 acc[MG][2];
-  for (int i = 0; i < MG; i++) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
+  constexpr int NA = MG <= 2 ? 2 : 1;
+  __m256 acc[MG][NA];
+  for (int i = 0; i < MG; i++)
+    for (int a = 0; a < NA; a++) acc[i][a] = _mm256_setzero_ps();
   const int64_t base = row * k + k0;  // rows need not start on a block boundary (k % blocksize != 0)
   for (int64_t c = 0; c < klen; c += 64) {
     const __m256 scale = _mm256_broadcast_ss(absmax + ((base + c) >> block_shift(blocksize)));
-    __m256 part[MG][2];
-    decode64(packed + (base + c) / 2, t, [&](int v, __m256 w) {
-      for (int i = 0; i < MG; i++) {
-        const __m256 x = _mm256_loadu_ps(xq + i * ldx + c + 8 * v);
-        part[i][v & 1] = v < 2 ? _mm256_mul_ps(w, x) : _mm256_fmadd_ps(w, x, part[i][v & 1]);
-      }
-    });
-    for (int i = 0; i < MG; i++) {
-      acc[i][0] = _mm256_fmadd_ps(scale, part[i][0], acc[i][0]);
-      acc[i][1] = _mm256_fmadd_ps(scale, part[i][1], acc[i][1]);
+    if constexpr (MG <= 2) {
+      __m256 part[MG][2];
+      decode64(packed + (base + c) / 2, t, [&](int v, __m256 w) {
+        for (int i = 0; i < MG; i++) {
+          const __m256 x = _mm256_loadu_ps(xq + i * ldx + c + 8 * v);
+          part[i][v & 1] = v < 2 ? _mm256_mul_ps(w, x) : _mm256_fmadd_ps(w, x, part[i][v & 1]);
+        }
+      });
+      for (int i = 0; i < MG; i++)
+        for (int a = 0; a < 2; a++) acc[i][a] = _mm256_fmadd_ps(scale, part[i][a], acc[i][a]);
+    } else {
+      decode64(packed + (base + c) / 2, t, [&](int v, __m256 w) {
+        w = _mm256_mul_ps(w, scale);
+        for (int i = 0; i < MG; i++) acc[i][0] = _mm256_fmadd_ps(w, _mm256_loadu_ps(xq + i * ldx + c + 8 * v), acc[i][0]);
+      });
     }
   }
-  for (int i = 0; i < MG; i++) out[i * ldy] = hsum(_mm256_add_ps(acc[i][0], acc[i][1]));
+  for (int i = 0; i < MG; i++) {
+    __m256 s = acc[i][0];
+    for (int a = 1; a < NA; a++) s = _mm256_add_ps(s, acc[i][a]);
+    out[i * ldy] = hsum(s);
+  }
 }
 
 const Planes& planes() {
