@@ -44,26 +44,27 @@ struct Planes {
   }
 };
 
-// 32 codes (one per byte, 0..15) -> four vectors of 8 float32 table values, times `scale`.
+// 32 codes (one per byte, 0..15) -> four vectors of 8 float32 table values.
 template <class Sink>
-inline void expand(__m256i codes, const Planes& t, __m256 scale, Sink&& sink) {
+inline void expand(__m256i codes, const Planes& t, Sink&& sink) {
   const __m256i b0 = _mm256_shuffle_epi8(t.b[0], codes), b1 = _mm256_shuffle_epi8(t.b[1], codes);
   const __m256i b2 = _mm256_shuffle_epi8(t.b[2], codes), b3 = _mm256_shuffle_epi8(t.b[3], codes);
   const __m256i l01 = _mm256_unpacklo_epi8(b0, b1), h01 = _mm256_unpackhi_epi8(b0, b1);
   const __m256i l23 = _mm256_unpacklo_epi8(b2, b3), h23 = _mm256_unpackhi_epi8(b2, b3);
-  sink(0, _mm256_mul_ps(_mm256_castsi256_ps(_mm256_unpacklo_epi16(l01, l23)), scale));
-  sink(1, _mm256_mul_ps(_mm256_castsi256_ps(_mm256_unpackhi_epi16(l01, l23)), scale));
-  sink(2, _mm256_mul_ps(_mm256_castsi256_ps(_mm256_unpacklo_epi16(h01, h23)), scale));
-  sink(3, _mm256_mul_ps(_mm256_castsi256_ps(_mm256_unpackhi_epi16(h01, h23)), scale));
+  sink(0, _mm256_castsi256_ps(_mm256_unpacklo_epi16(l01, l23)));
+  sink(1, _mm256_castsi256_ps(_mm256_unpackhi_epi16(l01, l23)));
+  sink(2, _mm256_castsi256_ps(_mm256_unpacklo_epi16(h01, h23)));
+  sink(3, _mm256_castsi256_ps(_mm256_unpackhi_epi16(h01, h23)));
 }
 
-// The 64 weights packed in p[0..32) as eight vectors in permuted order: sink(v, vector), v = 0..7.
+// The 64 table values (not yet times absmax) packed in p[0..32) as eight vectors in permuted
+// order: sink(v, vector), v = 0..7.
 template <class Sink>
-inline void decode64(const uint8_t* p, const Planes& t, __m256 scale, Sink&& sink) {
+inline void decode64(const uint8_t* p, const Planes& t, Sink&& sink) {
   const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
   const __m256i m15 = _mm256_set1_epi8(15);
-  expand(_mm256_and_si256(_mm256_srli_epi16(v, 4), m15), t, scale, [&](int i, __m256 w) { sink(i, w); });
-  expand(_mm256_and_si256(v, m15), t, scale, [&](int i, __m256 w) { sink(4 + i, w); });
+  expand(_mm256_and_si256(_mm256_srli_epi16(v, 4), m15), t, [&](int i, __m256 w) { sink(i, w); });
+  expand(_mm256_and_si256(v, m15), t, [&](int i, __m256 w) { sink(4 + i, w); });
 }
 
 inline float hsum(__m256 v) {
@@ -73,22 +74,39 @@ inline float hsum(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
-// MG activation rows at once, NA accumulators per row (enough independent FMA chains to hide
-// the FMA latency behind the decode).
-template <int MG, int NA>
+// MG activation rows at once. Each 64-column chunk lies in one absmax block (blocksize >= 64).
+// For one or two rows a row's chunk sum is taken over the bare table values and scaled once by
+// one FMA into the running sum: a multiply per weight vector less, which the shuffle-bound loop
+// needs (shuffles share Zen 3's FP pipes with the FMAs); two partial chains per row hide the FMA
+// latency. More rows would run out of registers that way, so they scale the decoded weights
+// (one multiply per vector, shared by all rows) and keep one accumulator per row.
+template <int MG>
 void gemv_group(const uint8_t* packed, const float* absmax, int64_t row, int64_t k, int64_t blocksize, int64_t k0,
                 int64_t klen, const float* xq,
                 int64_t ldx, const Planes& t, float* out, int64_t ldy) {
+  constexpr int NA = MG <= 2 ? 2 : 1;
   __m256 acc[MG][NA];
   for (int i = 0; i < MG; i++)
     for (int a = 0; a < NA; a++) acc[i][a] = _mm256_setzero_ps();
   const int64_t base = row * k + k0;  // rows need not start on a block boundary (k % blocksize != 0)
   for (int64_t c = 0; c < klen; c += 64) {
     const __m256 scale = _mm256_broadcast_ss(absmax + ((base + c) >> block_shift(blocksize)));
-    decode64(packed + (base + c) / 2, t, scale, [&](int v, __m256 w) {
+    if constexpr (MG <= 2) {
+      __m256 part[MG][2];
+      decode64(packed + (base + c) / 2, t, [&](int v, __m256 w) {
+        for (int i = 0; i < MG; i++) {
+          const __m256 x = _mm256_loadu_ps(xq + i * ldx + c + 8 * v);
+          part[i][v & 1] = v < 2 ? _mm256_mul_ps(w, x) : _mm256_fmadd_ps(w, x, part[i][v & 1]);
+        }
+      });
       for (int i = 0; i < MG; i++)
-        acc[i][v % NA] = _mm256_fmadd_ps(w, _mm256_loadu_ps(xq + i * ldx + c + 8 * v), acc[i][v % NA]);
-    });
+        for (int a = 0; a < 2; a++) acc[i][a] = _mm256_fmadd_ps(scale, part[i][a], acc[i][a]);
+    } else {
+      decode64(packed + (base + c) / 2, t, [&](int v, __m256 w) {
+        w = _mm256_mul_ps(w, scale);
+        for (int i = 0; i < MG; i++) acc[i][0] = _mm256_fmadd_ps(w, _mm256_loadu_ps(xq + i * ldx + c + 8 * v), acc[i][0]);
+      });
+    }
   }
   for (int i = 0; i < MG; i++) {
     __m256 s = acc[i][0];
@@ -111,14 +129,14 @@ void gemv(const uint8_t* packed, const float* absmax, int64_t k, int64_t blocksi
       const float* x = xq + i * ldx;
       float* out = y + i * ldy + (row - n0);
       switch (m - i) {
-        case 1: gemv_group<1, 4>(packed, absmax, row, k, blocksize, k0, klen, x, ldx, t, out, ldy); break;
-        case 2: gemv_group<2, 2>(packed, absmax, row, k, blocksize, k0, klen, x, ldx, t, out, ldy); break;
-        case 3: gemv_group<3, 2>(packed, absmax, row, k, blocksize, k0, klen, x, ldx, t, out, ldy); break;
-        case 4: gemv_group<4, 2>(packed, absmax, row, k, blocksize, k0, klen, x, ldx, t, out, ldy); break;
-        case 5: gemv_group<5, 1>(packed, absmax, row, k, blocksize, k0, klen, x, ldx, t, out, ldy); break;
-        case 6: gemv_group<6, 1>(packed, absmax, row, k, blocksize, k0, klen, x, ldx, t, out, ldy); break;
-        case 7: gemv_group<7, 1>(packed, absmax, row, k, blocksize, k0, klen, x, ldx, t, out, ldy); break;
-        default: gemv_group<8, 1>(packed, absmax, row, k, blocksize, k0, klen, x, ldx, t, out, ldy); break;
+        case 1: gemv_group<1>(packed, absmax, row, k, blocksize, k0, klen, x, ldx, t, out, ldy); break;
+        case 2: gemv_group<2>(packed, absmax, row, k, blocksize, k0, klen, x, ldx, t, out, ldy); break;
+        case 3: gemv_group<3>(packed, absmax, row, k, blocksize, k0, klen, x, ldx, t, out, ldy); break;
+        case 4: gemv_group<4>(packed, absmax, row, k, blocksize, k0, klen, x, ldx, t, out, ldy); break;
+        case 5: gemv_group<5>(packed, absmax, row, k, blocksize, k0, klen, x, ldx, t, out, ldy); break;
+        case 6: gemv_group<6>(packed, absmax, row, k, blocksize, k0, klen, x, ldx, t, out, ldy); break;
+        case 7: gemv_group<7>(packed, absmax, row, k, blocksize, k0, klen, x, ldx, t, out, ldy); break;
+        default: gemv_group<8>(packed, absmax, row, k, blocksize, k0, klen, x, ldx, t, out, ldy); break;
       }
     }
   }
@@ -132,7 +150,8 @@ void decode(const uint8_t* packed, const float* absmax, int64_t k, int64_t block
     float* dst = tile + (row - n0) * ldt;
     for (int64_t c = 0; c < klen; c += 64) {
       const __m256 scale = _mm256_broadcast_ss(absmax + ((base + c) >> block_shift(blocksize)));
-      decode64(packed + (base + c) / 2, t, scale, [&](int v, __m256 w) { _mm256_storeu_ps(dst + c + 8 * v, w); });
+      decode64(packed + (base + c) / 2, t,
+               [&](int v, __m256 w) { _mm256_storeu_ps(dst + c + 8 * v, _mm256_mul_ps(w, scale)); });
     }
   }
 }

@@ -54,7 +54,7 @@ class Nf4MatmulTest {
             new Shape(17, 77, 32, false), new Shape(96, 512, 128, true), new Shape(7, 4096, 4096, false),
             new Shape(130, 320, 256, false), new Shape(1, 1, 64, false), new Shape(51, 1000, 64, false),
             new Shape(37, 8256, 128, false));
-    static final int[] ROWS = {1, 3, 16, 64};
+    static final int[] ROWS = {1, 3, 8, 16, 64};
 
     static Stream<Arguments> pathsAndShapes() {
         List<Arguments> out = new ArrayList<>();
@@ -150,8 +150,8 @@ class Nf4MatmulTest {
     void gemvAndTiledPathsAreReported() {
         String p = Qkern.cpuPath();
         assertEquals("cpu-" + p + "-gemv", Nf4Matmul.path(1, Device.CPU, false));
-        assertEquals("cpu-" + p + "-gemv", Nf4Matmul.path(16, Device.CPU, false));
-        assertEquals("cpu-" + p + "-tiled", Nf4Matmul.path(17, Device.CPU, false));
+        assertEquals("cpu-" + p + "-gemv", Nf4Matmul.path(8, Device.CPU, false));
+        assertEquals("cpu-" + p + "-tiled", Nf4Matmul.path(9, Device.CPU, false));
         assertEquals("cpu-" + p + "-tiled", Nf4Matmul.path(1, Device.CPU, true));
     }
 
