@@ -1,11 +1,12 @@
 // Paged decode attention for AVX2 + FMA + F16C. Compiled with those flags only in this file and
 // reached only after cpuid says the CPU has them.
 //
-// Per page and per tile of up to 8 query heads of the group: scores for every token of the
-// page (the K row is widened once per 8-lane chunk and multiplied into up to 8 accumulators,
-// then one transposing reduction yields the 8 heads' scores as one vector), an online-softmax
-// update done 8 heads at a time, then V accumulated 8 output lanes x up to 8 heads in
-// registers. Pages are the outer loop, so every K/V page comes from memory once per group.
+// Per 64-token tile and per pair of query heads of the group: scores for every token of the
+// tile (4 tokens x 2 heads per step, q held in registers, each K vector feeding both heads),
+// an online-softmax update, then V accumulated over 2 heads x 32 output lanes in registers.
+// Tiles are the outer loop, so every K/V row comes from memory once per group; the head pairs
+// after the first re-read it from cache. BF16 rows are widened 16 elements at a time into
+// even/odd vectors (see Rows).
 #include <immintrin.h>
 #include <math.h>
 #include <string.h>
@@ -38,17 +39,31 @@ inline __m256 exp8(__m256 x) {
   return _mm256_andnot_ps(underflow, result);
 }
 
-template <int DT>
-inline __m256 load8(const void* base, int64_t i) {
-  if constexpr (DT == QK_F16) {
-    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)((const uint16_t*)base + i)));
-  } else if constexpr (DT == QK_BF16) {
-    return _mm256_castsi256_ps(
-        _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)((const uint16_t*)base + i))), 16));
-  } else {
-    return _mm256_loadu_ps((const float*)base + i);
+// One step along head_dim: W elements of a K/V row widened to NV float vectors. F32 and F16
+// take 8 elements into one vector. BF16 with head_dim % 16 == 0 takes 16 elements (one 32-byte
+// load) into two vectors: the even elements (shifted up from the low half of each 32-bit word)
+// and the odd ones (the high half with the low half masked off): two cheap integer ops per 16
+// elements instead of a widening shuffle and a shift per 8. The dot products and the output
+// accumulators then use the same even/odd order of each 16 elements ("permuted" q and acc),
+// undone once when the output is written. BF16 with head_dim % 16 == 8 widens 8 at a time.
+template <int DT, bool EO>
+struct Rows {
+  static constexpr int W = EO ? 16 : 8, NV = EO ? 2 : 1;
+  static inline void load(const void* base, int64_t i, __m256* out) {
+    if constexpr (EO) {
+      const __m256i w = _mm256_loadu_si256((const __m256i*)((const uint16_t*)base + i));
+      out[0] = _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
+      out[1] = _mm256_castsi256_ps(_mm256_and_si256(w, _mm256_set1_epi32((int)0xFFFF0000u)));
+    } else if constexpr (DT == QK_F16) {
+      out[0] = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)((const uint16_t*)base + i)));
+    } else if constexpr (DT == QK_BF16) {
+      out[0] = _mm256_castsi256_ps(
+          _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)((const uint16_t*)base + i))), 16));
+    } else {
+      out[0] = _mm256_loadu_ps((const float*)base + i);
+    }
   }
-}
+};
 
 // Lane g of the result = the sum of the 8 lanes of v[g].
 inline __m256 transpose_sum8(const __m256* v) {
@@ -58,31 +73,33 @@ inline __m256 transpose_sum8(const __m256* v) {
   return _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
 }
 
-// Tokens of V accumulated per pass over the output lanes: their rows stay in L1 while the
-// D/8 chunks are walked.
-constexpr int64_t kVTile = 32;
+// Tokens of V accumulated per pass over the output lanes: their rows stay in L1 while head_dim
+// is walked for every head of the group.
+constexpr int64_t kVTile = 16;
 
-// Accumulates V for output chunks [d, d + 8*CH) of GT heads over tokens [t0, t1):
+// Accumulates V for head_dim [d, d + CH*W) of GT heads over tokens [t0, t1):
 // acc[g][d..] = acc[g][d..] * alpha[g] (first token tile only) + sum_t p[t][g] * V[t][d..].
-template <int DT, int GT, int CH>
+template <int DT, bool EO, int GT, int CH>
 inline void accumulate_v(const void* v, const int64_t* v_rows, int64_t head_off, int64_t t0, int64_t t1, int d, int D,
                          const float* p, const float* alpha, float* acc) {
-  __m256 o[GT][CH];
+  using R = Rows<DT, EO>;
+  constexpr int N = CH * R::NV;  // vectors per head
+  __m256 o[GT][N];
   for (int g = 0; g < GT; g++)
-    for (int c = 0; c < CH; c++) {
+    for (int c = 0; c < N; c++) {
       o[g][c] = _mm256_loadu_ps(acc + g * D + d + 8 * c);
       if (t0 == 0) o[g][c] = _mm256_mul_ps(o[g][c], _mm256_set1_ps(alpha[g]));
     }
   for (int64_t t = t0; t < t1; t++) {
-    __m256 vv[CH];
-    for (int c = 0; c < CH; c++) vv[c] = load8<DT>(v, v_rows[t] + head_off + d + 8 * c);
+    __m256 vv[N];
+    for (int c = 0; c < CH; c++) R::load(v, v_rows[t] + head_off + d + R::W * c, vv + c * R::NV);
     for (int g = 0; g < GT; g++) {
       const __m256 pg = _mm256_broadcast_ss(p + t * GT + g);
-      for (int c = 0; c < CH; c++) o[g][c] = _mm256_fmadd_ps(pg, vv[c], o[g][c]);
+      for (int c = 0; c < N; c++) o[g][c] = _mm256_fmadd_ps(pg, vv[c], o[g][c]);
     }
   }
   for (int g = 0; g < GT; g++)
-    for (int c = 0; c < CH; c++) _mm256_storeu_ps(acc + g * D + d + 8 * c, o[g][c]);
+    for (int c = 0; c < N; c++) _mm256_storeu_ps(acc + g * D + d + 8 * c, o[g][c]);
 }
 
 // Tokens per softmax update: a tile gathers rows across pages through per-token offsets, so
@@ -116,136 +133,169 @@ inline void prefetch_lines(Prefetch& pf, int64_t lines) {
   }
 }
 
-// One tile of tokens for a tile of GT (1..8) query heads; token t's K row starts at element
-// k_rows[t] + head_off (V: v_rows[t] + head_off). p: scores, then probabilities, as
-// [token][GT]; m, l: running max and sum per head; acc: GT x D unnormalized output.
-// With GT dividing 8, TT = 8 / GT tokens are scored per step so 8 independent FMA chains are
-// in flight even for MQA-like groups of 1, and one transposing reduction yields all 8 scores.
-// pf: a slice of the next page, prefetched a part per step.
-template <int DT, int GT>
-void page_tile(const void* k, const void* v, const int64_t* k_rows, const int64_t* v_rows, int64_t head_off,
-               int64_t tokens, int D, const float* q, float scale, float* p, float* m, float* l, float* acc,
-               Prefetch& pf) {
-  constexpr bool kLanesAreHeads = 8 % GT == 0;  // lane j of an 8-float chunk of p is head j % GT
-  constexpr int TT = kLanesAreHeads ? 8 / GT : 1;
-  const __m256 vscale = _mm256_set1_ps(scale);
-  const int64_t steps = (tokens + TT - 1) / TT;
-  const int64_t lines_per_step = (pf.count * ((pf.row_bytes + 63) / 64) + steps - 1) / steps;
-  for (int64_t step = 0; step < steps; step++) {
-    const int64_t t = step * TT;
-    if (pf.count) prefetch_lines(pf, lines_per_step);
-    __m256 dot[8];
-    for (int j = 0; j < 8; j++) dot[j] = _mm256_setzero_ps();
-    for (int d = 0; d < D; d += 8) {
-      if constexpr (GT <= 4) {  // q chunks in registers, reused by the TT tokens (one load each)
-        __m256 qr[GT];
-        for (int g = 0; g < GT; g++) qr[g] = _mm256_loadu_ps(q + g * D + d);
-        for (int tt = 0; tt < TT; tt++) {
-          // a token past the tile's end re-reads the last valid row; its score is masked below
-          const __m256 kv = load8<DT>(k, k_rows[t + tt < tokens ? t + tt : tokens - 1] + head_off + d);
-          for (int g = 0; g < GT; g++) dot[tt * GT + g] = _mm256_fmadd_ps(qr[g], kv, dot[tt * GT + g]);
+// Scores of TT = 8 / GT tokens (rows row[0..TT), element offsets) for GT heads (q: GT x D, in
+// the Rows<DT, EO> order), scaled, as one vector: lane tt * GT + g is token tt, head g.
+// 8 independent FMA chains (FMA latency x throughput) and every loaded vector feeds several
+// FMAs: with 4 heads the K vectors of both tokens are widened first and each q vector, loaded
+// once, serves the 2 tokens (2 + 4 NV loads per 8 NV FMAs); with 1 or 2 heads the q vectors stay
+// in registers and each K vector serves the GT heads.
+template <int DT, bool EO, int GT>
+inline __m256 score_step(const void* k, const int64_t* row, int D, const float* q, __m256 vscale) {
+  using R = Rows<DT, EO>;
+  constexpr int TT = 8 / GT;
+  __m256 dot[8];
+  for (int j = 0; j < 8; j++) dot[j] = _mm256_setzero_ps();
+  for (int d = 0; d < D; d += R::W) {
+    if constexpr (GT == 4) {
+      __m256 kv[TT][R::NV];
+      for (int tt = 0; tt < TT; tt++) R::load(k, row[tt] + d, kv[tt]);
+      for (int n = 0; n < R::NV; n++)
+        for (int g = 0; g < GT; g++) {
+          __m256 qv = _mm256_loadu_ps(q + g * D + d + 8 * n);
+          // one load for both tokens: keeps the compiler from folding it into each FMA
+          asm("" : "+x"(qv));
+          for (int tt = 0; tt < TT; tt++) dot[tt * GT + g] = _mm256_fmadd_ps(qv, kv[tt][n], dot[tt * GT + g]);
         }
-      } else {  // TT = 1; q comes from L1 as the FMA's memory operand (registers are all taken)
-        const __m256 kv = load8<DT>(k, k_rows[t < tokens ? t : tokens - 1] + head_off + d);
-        for (int g = 0; g < GT; g++) dot[g] = _mm256_fmadd_ps(_mm256_loadu_ps(q + g * D + d), kv, dot[g]);
-      }
-    }
-    __m256 sc = _mm256_mul_ps(transpose_sum8(dot), vscale);
-    if (kLanesAreHeads) {
-      if (t + TT > tokens) {  // lanes of tokens past the end get -inf: weight exactly 0
-        const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-        const __m256i valid = _mm256_set1_epi32((int)((tokens - t) * GT));
-        sc = _mm256_blendv_ps(_mm256_set1_ps(-INFINITY), sc, _mm256_castsi256_ps(_mm256_cmpgt_epi32(valid, lane)));
-      }
-      _mm256_storeu_ps(p + t * GT, sc);
     } else {
-      alignas(32) float lanes[8];
-      _mm256_store_ps(lanes, sc);
-      for (int g = 0; g < GT; g++) p[t * GT + g] = lanes[g];
-    }
-  }
-
-  alignas(32) float alpha[8];
-  if (kLanesAreHeads) {
-    // p holds steps * 8 floats; lane j belongs to head j % GT
-    const int64_t chunks = steps * TT * GT / 8;
-    __m256 vmax = _mm256_set1_ps(-INFINITY);
-    for (int64_t i = 0; i < chunks; i++) vmax = _mm256_max_ps(vmax, _mm256_loadu_ps(p + 8 * i));
-    alignas(32) float lane_max[8], m_lanes[8];
-    _mm256_store_ps(lane_max, vmax);
-    for (int g = 0; g < GT; g++) {
-      float mx = lane_max[g];
-      for (int j = g + GT; j < 8; j += GT) mx = fmaxf(mx, lane_max[j]);
-      const float m_new = fmaxf(m[g], mx);
-      alpha[g] = m[g] == -INFINITY ? 0.0f : expf(m[g] - m_new);
-      m[g] = m_new;
-    }
-    for (int j = 0; j < 8; j++) m_lanes[j] = m[j % GT];
-    const __m256 vm = _mm256_load_ps(m_lanes);
-    __m256 sum = _mm256_setzero_ps();
-    for (int64_t i = 0; i < chunks; i++) {
-      const __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(p + 8 * i), vm));
-      _mm256_storeu_ps(p + 8 * i, e);
-      sum = _mm256_add_ps(sum, e);
-    }
-    alignas(32) float lane_sum[8];
-    _mm256_store_ps(lane_sum, sum);
-    for (int g = 0; g < GT; g++) {
-      float total = 0.0f;
-      for (int j = g; j < 8; j += GT) total += lane_sum[j];
-      l[g] = l[g] * alpha[g] + total;
-    }
-  } else {
-    for (int g = 0; g < GT; g++) {
-      float mx = -INFINITY;
-      for (int64_t t = 0; t < tokens; t++) mx = fmaxf(mx, p[t * GT + g]);
-      const float m_new = fmaxf(m[g], mx);
-      alpha[g] = m[g] == -INFINITY ? 0.0f : expf(m[g] - m_new);
-      float total = 0.0f;
-      for (int64_t t = 0; t < tokens; t++) {
-        const float e = expf(p[t * GT + g] - m_new);
-        p[t * GT + g] = e;
-        total += e;
+      __m256 qr[GT][R::NV];
+      for (int g = 0; g < GT; g++)
+        for (int n = 0; n < R::NV; n++) qr[g][n] = _mm256_loadu_ps(q + g * D + d + 8 * n);
+      for (int tt = 0; tt < TT; tt++) {
+        __m256 kv[R::NV];
+        R::load(k, row[tt] + d, kv);
+        for (int g = 0; g < GT; g++)
+          for (int n = 0; n < R::NV; n++) dot[tt * GT + g] = _mm256_fmadd_ps(qr[g][n], kv[n], dot[tt * GT + g]);
       }
-      l[g] = l[g] * alpha[g] + total;
-      m[g] = m_new;
     }
   }
+  return _mm256_mul_ps(transpose_sum8(dot), vscale);
+}
 
-  // V: CH output chunks per pass so GT * CH = 8 independent accumulators
-  constexpr int CH = kLanesAreHeads ? 8 / GT : 1;
-  for (int64_t t0 = 0; t0 < tokens; t0 += kVTile) {
-    const int64_t t1 = tokens < t0 + kVTile ? tokens : t0 + kVTile;
-    int d = 0;
-    for (; d + 8 * CH <= D; d += 8 * CH) accumulate_v<DT, GT, CH>(v, v_rows, head_off, t0, t1, d, D, p, alpha, acc);
-    for (; d < D; d += 8) accumulate_v<DT, GT, 1>(v, v_rows, head_off, t0, t1, d, D, p, alpha, acc);
+// Lanes of tokens at or past `valid_tokens` (of a step of 8 / GT tokens) get -inf: weight exactly 0.
+template <int GT>
+inline __m256 mask_tail(__m256 sc, int64_t valid_tokens) {
+  if (valid_tokens * GT >= 8) return sc;
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  const __m256i valid = _mm256_set1_epi32((int)(valid_tokens * GT));
+  return _mm256_blendv_ps(_mm256_set1_ps(-INFINITY), sc, _mm256_castsi256_ps(_mm256_cmpgt_epi32(valid, lane)));
+}
+
+// Online-softmax update of GT heads over `steps` vectors of scores p (lane j: head j % GT):
+// p becomes exp(score - m_new), m and l are updated, alpha[g] = exp(m_old - m_new) (0 when
+// there was no old state).
+template <int GT>
+inline void softmax_update(float* p, int64_t steps, float* m, float* l, float* alpha) {
+  __m256 vmax = _mm256_set1_ps(-INFINITY);
+  for (int64_t i = 0; i < steps; i++) vmax = _mm256_max_ps(vmax, _mm256_loadu_ps(p + 8 * i));
+  alignas(32) float lane_max[8], m_lanes[8];
+  _mm256_store_ps(lane_max, vmax);
+  for (int g = 0; g < GT; g++) {
+    float mx = lane_max[g];
+    for (int j = g + GT; j < 8; j += GT) mx = fmaxf(mx, lane_max[j]);
+    const float m_new = fmaxf(m[g], mx);
+    alpha[g] = m[g] == -INFINITY ? 0.0f : expf(m[g] - m_new);
+    m[g] = m_new;
+  }
+  for (int j = 0; j < 8; j++) m_lanes[j] = m[j % GT];
+  const __m256 vm = _mm256_load_ps(m_lanes);
+  __m256 sum = _mm256_setzero_ps();
+  for (int64_t i = 0; i < steps; i++) {
+    const __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(p + 8 * i), vm));
+    _mm256_storeu_ps(p + 8 * i, e);
+    sum = _mm256_add_ps(sum, e);
+  }
+  alignas(32) float lane_sum[8];
+  _mm256_store_ps(lane_sum, sum);
+  for (int g = 0; g < GT; g++) {
+    float total = 0.0f;
+    for (int j = g; j < 8; j += GT) total += lane_sum[j];
+    l[g] = l[g] * alpha[g] + total;
   }
 }
 
-template <int DT>
+// V for GT heads over tokens [t0, t1), all of head_dim: CH steps along head_dim per pass, so
+// GT * CH * NV = 8 independent accumulators, GT + CH loads per 8 FMAs.
+template <int DT, bool EO, int GT>
+inline void accumulate_v_rows(const void* v, const int64_t* v_rows, int64_t head_off, int64_t t0, int64_t t1, int D,
+                              const float* p, const float* alpha, float* acc) {
+  using R = Rows<DT, EO>;
+  constexpr int CH = 8 / GT / R::NV;
+  constexpr int span = CH * R::W;
+  int d = 0;
+  for (; d + span <= D; d += span) accumulate_v<DT, EO, GT, CH>(v, v_rows, head_off, t0, t1, d, D, p, alpha, acc);
+  for (; d < D; d += R::W) accumulate_v<DT, EO, GT, 1>(v, v_rows, head_off, t0, t1, d, D, p, alpha, acc);
+}
+
+// Scores of one tile for a head tile of GT heads (q: GT x D): one vector per 8 / GT tokens
+// of the 8 tokens at rows row[0..8) (t: the first one's index in the tile), stored at p.
+// Before each step, the next `lines` lines of pf are prefetched.
+template <int DT, bool EO, int GT>
+inline void score_rows(const void* k, const int64_t* row, int64_t t, int64_t tokens, int D, const float* q,
+                       __m256 vscale, float* p, Prefetch& pf, int64_t lines) {
+  constexpr int TT = 8 / GT;
+  for (int i = 0; i < GT; i++) {
+    if (pf.count) prefetch_lines(pf, lines);
+    _mm256_storeu_ps(p + 8 * i, mask_tail<GT>(score_step<DT, EO, GT>(k, row + i * TT, D, q, vscale), tokens - t - i * TT));
+  }
+}
+
+// One tile of up to kTile tokens for one KV head and its whole query group; token t's K row
+// starts at element k_rows[t] + head_off (V: v_rows[t] + head_off). Heads are taken 4 at a time
+// (then 2 and 1 for the rest of the group; see score_step for why 4).
+// The loops run token-major: 8 tokens' K rows are scored for every head of the group before the
+// next 8, and V is accumulated for every head over a chunk of kVTile tokens before the next
+// chunk. A KV head's rows are a whole number of 2 KiB apart in memory (num_kv_heads * head_dim
+// elements per token), so they all fall into a handful of L1 sets; walking the whole tile per
+// head tile instead would evict a row before the next head tile reads it.
+// s: per head tile, scores then probabilities as [token][GT] (GT * ceil(tokens / 8) * 8 floats);
+// m, l, alpha: running max, running sum and rescale factor per head; acc: group x D unnormalized
+// output (q and acc in the Rows<DT, EO> order of head_dim). pf: a slice of the next tile,
+// prefetched a part per 8 tokens.
+template <int DT, bool EO>
 void page_tiles(const CacheView& c, const int64_t* k_rows, const int64_t* v_rows, int64_t head_off, int64_t tokens,
-                const float* q, int group, float scale, float* s, float* m, float* l, float* acc, Prefetch& pf) {
+                const float* q, int group, float scale, float* s, float* m, float* l, float* alpha, float* acc,
+                Prefetch& pf) {
   const int D = c.head_dim;
-  Prefetch none = pf;
-  none.count = 0;
-  // Tiles of at most 4 heads: with 4 (2 tokens per step, q in registers; 2 output chunks per V
-  // pass) there are 0.75 loads per FMA, with 8 heads 1.125 (q and the probabilities come from L1
-  // for every FMA), and the loads, not the FMAs, would set the pace. A group of 8 reads each row
-  // twice, the second time from cache.
-  for (int g0 = 0; g0 < group; g0 += 4) {
-    const int gt = group - g0 < 4 ? group - g0 : 4;
-    const float* qt = q + (int64_t)g0 * D;
-    float* at = acc + (int64_t)g0 * D;
-    // only the first tile prefetches: later tiles of a large group find the rows in cache
-    Prefetch& tile_pf = g0 == 0 ? pf : none;
-#define QK_TILE(N)                                                                                               \
-  case N:                                                                                                        \
-    page_tile<DT, N>(c.k, c.v, k_rows, v_rows, head_off, tokens, D, qt, scale, s, m + g0, l + g0, at, tile_pf); \
-    break;
-    switch (gt) {
-      QK_TILE(1) QK_TILE(2) QK_TILE(3) QK_TILE(4)
-    }
-#undef QK_TILE
+  const int quads = group / 4, pair = group % 4 >= 2 ? 1 : 0, single = group % 2;
+  const int g_pair = quads * 4, g_single = quads * 4 + 2 * pair;
+  const __m256 vscale = _mm256_set1_ps(scale);
+  const int64_t steps = (tokens + 7) / 8;
+  const int64_t per_head = 8 * steps;  // floats of s per head: head tile j of GT heads at s + j0 * per_head
+  // the prefetches are spread evenly over all score steps of the tile (one per 8 / GT tokens of
+  // each head tile): a burst of them would stall on the cache's miss buffers
+  const int64_t per_step = (pf.count * ((pf.row_bytes + 63) / 64) + steps * group - 1) / (steps * group);
+  for (int64_t step = 0; step < steps; step++) {
+    const int64_t t = step * 8;
+    int64_t row[8];
+    // a token past the tile's end re-reads the last valid row; its score is masked
+    for (int tt = 0; tt < 8; tt++) row[tt] = k_rows[t + tt < tokens ? t + tt : tokens - 1] + head_off;
+    for (int j = 0; j < quads; j++)
+      score_rows<DT, EO, 4>(c.k, row, t, tokens, D, q + (int64_t)4 * j * D, vscale, s + 4 * j * per_head + 4 * t, pf,
+                            per_step);
+    if (pair)
+      score_rows<DT, EO, 2>(c.k, row, t, tokens, D, q + (int64_t)g_pair * D, vscale, s + g_pair * per_head + 2 * t, pf,
+                            per_step);
+    if (single)
+      score_rows<DT, EO, 1>(c.k, row, t, tokens, D, q + (int64_t)g_single * D, vscale, s + g_single * per_head + t, pf,
+                            per_step);
+  }
+
+  for (int j = 0; j < quads; j++)
+    softmax_update<4>(s + 4 * j * per_head, 4 * steps, m + 4 * j, l + 4 * j, alpha + 4 * j);
+  if (pair) softmax_update<2>(s + g_pair * per_head, 2 * steps, m + g_pair, l + g_pair, alpha + g_pair);
+  if (single) softmax_update<1>(s + g_single * per_head, steps, m + g_single, l + g_single, alpha + g_single);
+
+  for (int64_t t0 = 0; t0 < tokens; t0 += kVTile) {
+    const int64_t t1 = tokens < t0 + kVTile ? tokens : t0 + kVTile;
+    for (int j = 0; j < quads; j++)
+      accumulate_v_rows<DT, EO, 4>(c.v, v_rows, head_off, t0, t1, D, s + 4 * j * per_head, alpha + 4 * j,
+                                   acc + (int64_t)4 * j * D);
+    if (pair)
+      accumulate_v_rows<DT, EO, 2>(c.v, v_rows, head_off, t0, t1, D, s + g_pair * per_head, alpha + g_pair,
+                                   acc + (int64_t)g_pair * D);
+    if (single)
+      accumulate_v_rows<DT, EO, 1>(c.v, v_rows, head_off, t0, t1, D, s + g_single * per_head, alpha + g_single,
+                                   acc + (int64_t)g_single * D);
   }
 }
 
@@ -256,10 +306,23 @@ void decode_avx2(const CacheView& c, const int32_t* pages, int64_t num_pages, in
     decode_scalar(c, pages, num_pages, last_page_len, q, kv_heads, group, scale, out, lse, scratch);
     return;
   }
-  // per KV head: acc (padded x D), m and l (padded; lanes past `group` are computed and ignored)
+  // BF16 rows as even/odd pairs of vectors (Rows<BF16, true>) when head_dim allows
+  const bool eo = c.dtype == QK_BF16 && D % 16 == 0;
+  // per KV head: acc (padded x D), m, l and alpha (padded each)
   const int padded = (group + 7) / 8 * 8;
-  const int64_t head_floats = (int64_t)padded * D + 2 * padded;
-  float* s = scratch + kv_heads * head_floats;  // kTile x 8 (+ 8 of padding)
+  const int64_t head_floats = (int64_t)padded * D + 3 * padded;
+  float* s = scratch + kv_heads * head_floats;  // the score buffer (decode_score_floats)
+  const int64_t heads = (int64_t)kv_heads * group;
+  // q in the order of head_dim the kernels use: each 16 elements as 8 even then 8 odd ones
+  float* qp = s + decode_score_floats(group, c.block_size);
+  if (eo) {
+    for (int64_t i = 0; i < heads * D; i += 16)
+      for (int j = 0; j < 8; j++) {
+        qp[i + j] = q[i + 2 * j];
+        qp[i + 8 + j] = q[i + 2 * j + 1];
+      }
+    q = qp;
+  }
   for (int kvh = 0; kvh < kv_heads; kvh++) {
     float* acc = scratch + kvh * head_floats;
     float* m = acc + (int64_t)padded * D;
@@ -292,14 +355,22 @@ void decode_avx2(const CacheView& c, const int32_t* pages, int64_t num_pages, in
       float* acc = scratch + kvh * head_floats;
       float* m = acc + (int64_t)padded * D;
       float* l = m + padded;
+      float* alpha = l + padded;
       const int first = (int)(next_n * kvh / kv_heads), last = (int)(next_n * (kvh + 1) / kv_heads);
       Prefetch pf{(const char*)c.k, (const char*)c.v, next_k, next_v, first, last - first, c.token_stride * es};
       const float* qh = q + (int64_t)kvh * group * D;
       const int64_t head_off = (int64_t)kvh * D;
       switch (c.dtype) {
-        case QK_F16: page_tiles<QK_F16>(c, k_rows, v_rows, head_off, n, qh, group, scale, s, m, l, acc, pf); break;
-        case QK_BF16: page_tiles<QK_BF16>(c, k_rows, v_rows, head_off, n, qh, group, scale, s, m, l, acc, pf); break;
-        default: page_tiles<QK_F32>(c, k_rows, v_rows, head_off, n, qh, group, scale, s, m, l, acc, pf); break;
+        case QK_F16:
+          page_tiles<QK_F16, false>(c, k_rows, v_rows, head_off, n, qh, group, scale, s, m, l, alpha, acc, pf);
+          break;
+        case QK_BF16:
+          if (eo)
+            page_tiles<QK_BF16, true>(c, k_rows, v_rows, head_off, n, qh, group, scale, s, m, l, alpha, acc, pf);
+          else
+            page_tiles<QK_BF16, false>(c, k_rows, v_rows, head_off, n, qh, group, scale, s, m, l, alpha, acc, pf);
+          break;
+        default: page_tiles<QK_F32, false>(c, k_rows, v_rows, head_off, n, qh, group, scale, s, m, l, alpha, acc, pf); break;
       }
     }
   }
@@ -309,9 +380,20 @@ void decode_avx2(const CacheView& c, const int32_t* pages, int64_t num_pages, in
     const float* l = m + padded;
     for (int g = 0; g < group; g++) {
       const int64_t h = (int64_t)kvh * group + g;
-      const float inv = l[g] > 0.0f ? 1.0f / l[g] : 0.0f;
+      const __m256 inv = _mm256_set1_ps(l[g] > 0.0f ? 1.0f / l[g] : 0.0f);
       const float* ag = acc + (int64_t)g * D;
-      for (int d = 0; d < D; d += 8) _mm256_storeu_ps(out + h * D + d, _mm256_mul_ps(_mm256_loadu_ps(ag + d), _mm256_set1_ps(inv)));
+      float* oh = out + h * D;
+      if (eo) {  // back to the natural order: interleave each 8 even and 8 odd elements
+        for (int d = 0; d < D; d += 16) {
+          const __m256 e = _mm256_mul_ps(_mm256_loadu_ps(ag + d), inv);
+          const __m256 o = _mm256_mul_ps(_mm256_loadu_ps(ag + d + 8), inv);
+          const __m256 lo = _mm256_unpacklo_ps(e, o), hi = _mm256_unpackhi_ps(e, o);
+          _mm256_storeu_ps(oh + d, _mm256_permute2f128_ps(lo, hi, 0x20));
+          _mm256_storeu_ps(oh + d + 8, _mm256_permute2f128_ps(lo, hi, 0x31));
+        }
+      } else {
+        for (int d = 0; d < D; d += 8) _mm256_storeu_ps(oh + d, _mm256_mul_ps(_mm256_loadu_ps(ag + d), inv));
+      }
       lse[h] = l[g] > 0.0f ? m[g] + logf(l[g]) : -INFINITY;
     }
   }

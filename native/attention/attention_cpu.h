@@ -19,11 +19,20 @@ struct CacheView {
   int32_t head_dim;
 };
 
-// Scratch floats one decode call needs for kv_heads query groups of `group` heads.
-inline int64_t decode_scratch_floats(int kv_heads, int group, int head_dim, int block_size) {
+// Floats of the per-tile score buffer (scores of one tile of tokens for up to 8 heads).
+inline int64_t decode_score_floats(int group, int block_size) {
   const int64_t padded_group = (group + 7) / 8 * 8;
   const int64_t tile = block_size > 64 ? block_size : 64;  // the SIMD kernels score 64-token tiles
-  return (int64_t)kv_heads * (padded_group * head_dim + 2 * padded_group) + padded_group * tile + 64;
+  return padded_group * (tile + 8) + 64;
+}
+
+// Scratch floats one decode call needs for kv_heads query groups of `group` heads: per KV head
+// the output accumulators and running max/sum/rescale factor, the score buffer, and a
+// reordered copy of q.
+inline int64_t decode_scratch_floats(int kv_heads, int group, int head_dim, int block_size) {
+  const int64_t padded_group = (group + 7) / 8 * 8;
+  return (int64_t)kv_heads * (padded_group * head_dim + 3 * padded_group) + decode_score_floats(group, block_size) +
+         (int64_t)kv_heads * group * head_dim;
 }
 
 struct CpuKernels {

@@ -309,6 +309,15 @@ int main() {
     decode_case(path, 1, 8, 8, 16, 256, QK_F32, {511}, 1, false, rng);
     decode_case(path, 2, 20, 2, 16, 16, QK_BF16, {200, 0}, 2, true, rng);  // group of 10: a tile of 8 and of 2
     decode_case(path, 1, 4, 4, 6, 8, QK_F32, {7}, 0, true, rng);  // odd head_dim
+    // the SIMD kernels tile a group as 4 + 2 + 1 heads and widen BF16 rows 16 (or 8) at a time:
+    // groups 5 (4 + 1), 6 (4 + 2), 7 (4 + 2 + 1) and 8 (4 + 4), head_dim a multiple of 16 or not
+    for (int32_t dt : {QK_F32, QK_BF16}) {
+      decode_case(path, 2, 10, 2, 32, 16, dt, {17, 15}, 0, false, rng);
+      decode_case(path, 2, 12, 2, 40, 16, dt, {16, 33}, 0, true, rng);
+      decode_case(path, 1, 14, 2, 48, 8, dt, {65}, 0, false, rng);
+      decode_case(path, 2, 16, 2, 128, 16, dt, {513, 1}, 0, false, rng);
+      decode_case(path, 1, 16, 2, 128, 32, dt, {200}, 2, true, rng);
+    }
   }
   qk_cpu_set_path("auto");
   bad_arguments();

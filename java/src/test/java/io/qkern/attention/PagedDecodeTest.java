@@ -52,6 +52,11 @@ class PagedDecodeTest {
             }
             out.add(Arguments.of(path, new Case(6, 3, 24, 16, DType.F32, new int[] {37, 3}), rng.nextLong()));
             out.add(Arguments.of(path, new Case(4, 1, 7, 8, DType.BF16, new int[] {20}), rng.nextLong()));
+            // groups the SIMD kernels tile as 4 + 1, 4 + 2 and 4 + 2 + 1 heads; BF16 head_dim a
+            // multiple of 16 (rows widened 16 at a time) and not (8 at a time)
+            out.add(Arguments.of(path, new Case(10, 2, 48, 16, DType.BF16, new int[] {33, 17, 1}), rng.nextLong()));
+            out.add(Arguments.of(path, new Case(12, 2, 32, 8, DType.F16, new int[] {40, 7}), rng.nextLong()));
+            out.add(Arguments.of(path, new Case(14, 2, 40, 16, DType.BF16, new int[] {17, 15}), rng.nextLong()));
         }
         return out.stream();
     }
