@@ -47,6 +47,25 @@ bool prefer_bitserial(int p, int q, int64_t m) {
   return p * q <= 4 || (m <= 4 && p * q <= 8);
 }
 
+// The small-M streaming path decodes each weight row once per call and pass of <= 4 rows of A.
+constexpr int64_t kStreamMaxM = 16;
+bool prefer_stream(int p, int q, int64_t m) {
+  return m <= kStreamMaxM && stream_serves(p, q) && !(p * q <= 1);
+}
+
+enum class CpuFamily { Bitserial, Int8, Stream };
+
+CpuFamily choose_cpu(int32_t request, int p, int q, int64_t m) {
+  if (request == QK_APMM_PATH_BITSERIAL) return CpuFamily::Bitserial;
+  if (request == QK_APMM_PATH_INT8) return CpuFamily::Int8;
+  if (prefer_stream(p, q, m)) return CpuFamily::Stream;
+  return prefer_bitserial(p, q, m) ? CpuFamily::Bitserial : CpuFamily::Int8;
+}
+
+int32_t path_id(const CpuKernels& k, CpuFamily f) {
+  return f == CpuFamily::Bitserial ? k.bitserial_id : f == CpuFamily::Int8 ? k.int8_id : k.stream_id;
+}
+
 qk_status check_format_bits(int32_t format, int32_t bits, const char* fn, const char* what) {
   if (!valid_format(format))
     return fail(QK_ERR_INVALID_ARGUMENT, "%s: %s format %d is invalid (0 bipolar, 1 signed, 2 unsigned)", fn, what,
@@ -220,6 +239,8 @@ QK_API const char* qk_apmm_path_name(int32_t path) {
     case QK_APMM_RAN_AVX512_INT8: return "avx512-int8-vnni";
     case QK_APMM_RAN_CUDA_B1_MMA: return "cuda-b1-mma";
     case QK_APMM_RAN_CUDA_INT8_MMA: return "cuda-int8-mma";
+    case QK_APMM_RAN_SCALAR_STREAM: return "scalar-stream";
+    case QK_APMM_RAN_AVX2_STREAM: return "avx2-stream";
     default: return "unknown";
   }
 }
@@ -240,10 +261,7 @@ QK_API qk_status qk_apmm_choose_path(int32_t a_bits, int32_t w_bits, int64_t m, 
     }
     if (device_kind != QK_DEVICE_CPU)
       return fail(QK_ERR_INVALID_ARGUMENT, "%s: device_kind %d is invalid", fn, device_kind);
-    const CpuKernels& k = kernels();
-    bool bitserial = request == QK_APMM_PATH_BITSERIAL ||
-                     (request == QK_APMM_PATH_AUTO && prefer_bitserial(w_bits, a_bits, m));
-    *path_out = bitserial ? k.bitserial_id : k.int8_id;
+    *path_out = path_id(kernels(), choose_cpu(request, w_bits, a_bits, m));
     return QK_OK;
   });
 }
@@ -470,9 +488,9 @@ QK_API qk_status qk_apmm_matmul(const qk_tensor* a_planes, const qk_tensor* a_su
                                w_scales, w_zero_points, w_format, w_bits, k, group, out, request, path_used, stream);
 
     const CpuKernels& kern = kernels();
-    const bool bitserial = request == QK_APMM_PATH_BITSERIAL ||
-                           (request == QK_APMM_PATH_AUTO && prefer_bitserial(w_bits, a_bits, M));
-    if (path_used) *path_used = bitserial ? kern.bitserial_id : kern.int8_id;
+    const CpuFamily family = choose_cpu(request, w_bits, a_bits, M);
+    const bool bitserial = family == CpuFamily::Bitserial, stream = family == CpuFamily::Stream;
+    if (path_used) *path_used = path_id(kern, family);
     if (M == 0 || N == 0) return QK_OK;
 
     Epilogue ep;
@@ -496,30 +514,39 @@ QK_API qk_status qk_apmm_matmul(const qk_tensor* a_planes, const qk_tensor* a_su
     const int p = w_bits, q = a_bits;
     const int64_t kp = kw * 64;
     const int64_t tile_segs = group == 0 ? 1 : kp / group;
-    const int64_t n_tile = 16, m_block = 64, m_sub = 4;
+    constexpr int64_t n_tile = 16, m_block = 64, m_sub = 4;
+    static_assert(m_sub <= kStreamMaxRows, "the stream kernels take at most kStreamMaxRows rows of A per call");
     const int64_t n_tiles = (N + n_tile - 1) / n_tile, m_blocks = (M + m_block - 1) / m_block;
     std::vector<uint8_t> a_u8;
     if (!bitserial) {  // activations as bytes once, shared by every weight panel
       a_u8.resize((size_t)(M * kp));
       parallel_for(M, 1, [&](int64_t r0, int64_t r1) {
-        for (int64_t r = r0; r < r1; r++) kern.unpack_row(ep.a.planes + r * q * kw, q, kw, false, &a_u8[(size_t)(r * kp)]);
+        for (int64_t r = r0; r < r1; r++) {
+          uint8_t* row = &a_u8[(size_t)(r * kp)];
+          if (stream)
+            kern.stream_prepare_a(ep.a.planes + r * q * kw, q, kw, row);
+          else
+            kern.unpack_row(ep.a.planes + r * q * kw, q, kw, false, row);
+        }
       });
     }
-    const int64_t int8_shift = bitserial ? 0 : ((int64_t)1 << (p - 1));
+    const int64_t int8_shift = family == CpuFamily::Int8 ? ((int64_t)1 << (p - 1)) : 0;
     parallel_for(n_tiles * m_blocks, 1, [&](int64_t t0, int64_t t1) {
       std::vector<int32_t> u((size_t)(m_sub * n_tile * tile_segs));
-      std::vector<int8_t> panel(bitserial ? 0 : (size_t)(n_tile * kp));
+      std::vector<int8_t> panel(family == CpuFamily::Int8 ? (size_t)(n_tile * kp) : 0);
       TileOut tile{u.data(), tile_segs, group};
       for (int64_t t = t0; t < t1; t++) {
         const int64_t n0 = (t / m_blocks) * n_tile, nt = std::min(n_tile, N - n0);
         const int64_t mb0 = (t % m_blocks) * m_block, mb1 = std::min(M, mb0 + m_block);
-        if (!bitserial)
+        if (family == CpuFamily::Int8)
           for (int64_t j = 0; j < nt; j++)
             kern.unpack_row(ep.w.planes + (n0 + j) * p * kw, p, kw, true, (uint8_t*)&panel[(size_t)(j * kp)]);
         for (int64_t m0 = mb0; m0 < mb1; m0 += m_sub) {
           const int64_t m1 = std::min(mb1, m0 + m_sub);
           if (bitserial)
             kern.bitserial(ep.a.planes, q, ep.w.planes, p, kw, m0, m1, n0, nt, tile);
+          else if (stream)
+            kern.stream(a_u8.data(), q, ep.w.planes, p, kw, m0, m1, n0, nt, tile);
           else
             kern.int8(a_u8.data(), panel.data(), kp, m0, m1, nt, p + q == 16, tile);
           for (int64_t m = m0; m < m1; m++)
