@@ -97,6 +97,8 @@ inline void store_chunk_segments(__m256i lanes, int64_t chunk, int64_t seg_bits,
   }
 }
 
+constexpr int64_t kAhead = 2;  // weight rows of prefetch distance
+
 // MR rows of A (a, kp bytes apart) against weight rows [n0, n0 + nt).
 template <int P, int MR>
 void stream_tile(const uint8_t* a, int64_t kp, const uint64_t* w_planes, int64_t kw, int64_t n0, int64_t nt,
@@ -108,7 +110,12 @@ void stream_tile(const uint8_t* a, int64_t kp, const uint64_t* w_planes, int64_t
     for (int i = 0; i < P; i++) plane[i] = w_planes + ((n0 + j) * P + i) * kw;
     __m256i acc32[MR], row32[MR];
     for (int r = 0; r < MR; r++) row32[r] = _mm256_setzero_si256();
+    // The planes of row j + kAhead (rows are contiguous) are prefetched as fast as these are
+    // read: a row's planes are short streams (K/8 bytes each) that the hardware prefetchers
+    // pick up late, and weight streaming is bound by the reads in flight.
+    const char* ahead = (const char*)(w_planes + (n0 + j + kAhead) * P * kw);
     for (int64_t ch = 0; ch < chunks; ch++) {
+      for (int64_t off = ch * P * 32; off < (ch + 1) * P * 32; off += 64) _mm_prefetch(ahead + off, _MM_HINT_T0);
       __m256i C[8];
       decode_chunk<P>(plane, ch, C);
       __m256i acc16[MR];
