@@ -98,10 +98,9 @@ static void integer_grid(std::mt19937_64& rng, const char* cpu) {
 }
 
 // The small-M streaming path (chosen by AUTO): every (p, q) it serves, every format pair, M = 1
-// and its largest M (16, several passes of 4 rows), M = 6 (a ragged last pass), K not a
+// and its largest M (16 or 8: several passes of 4 rows), M = 6 (a ragged last pass), K not a
 // multiple of 64 or 256, and segments of 0/32/64/128 columns, exact I32 output against int64.
 static void stream_grid(std::mt19937_64& rng, const char* cpu) {
-  const int64_t ms[] = {1, 16, 6};
   const int64_t ks[] = {300, 97, 513, 1000, 31, 256};
   const int64_t groups[] = {0, 32, 64, 128};
   int shape = 0, streamed = 0;
@@ -109,6 +108,7 @@ static void stream_grid(std::mt19937_64& rng, const char* cpu) {
     for (int q = 1; q <= 8; q++)
       for (int fa = 0; fa < 3; fa++)
         for (int fw = 0; fw < 3; fw++) {
+          const int64_t max_m = p <= 4 ? 16 : 8, ms[] = {1, max_m, 6};
           const int64_t M = ms[shape % 3], N = 1 + (shape * 7) % 21, K = ks[shape % 6], g = groups[shape % 4];
           shape++;
           int32_t chosen = 0;
@@ -118,8 +118,13 @@ static void stream_grid(std::mt19937_64& rng, const char* cpu) {
           // the streaming kernels hold u_w in a signed byte and int16 pair sums (see apmm_cpu.h)
           const bool serves = p <= 7 && 2 * ((1 << p) - 1) * ((1 << q) - 1) <= 32767;
           CHECK(!stream || serves, "AUTO chose %s for p=%d q=%d", qk_apmm_path_name(chosen), p, q);
-          if (serves && p * q > 1)
-            CHECK(stream, "AUTO chose %s for p=%d q=%d M=%lld", qk_apmm_path_name(chosen), p, q, (long long)M);
+          // AUTO's rule (apmm_api.cpp): bit-serial is faster at p*q <= 4, the int8 path above M = 8 for p > 4
+          const bool expect = serves && p * q > 4 && M <= (p <= 4 ? 16 : 8);
+          CHECK(stream == expect, "AUTO chose %s for p=%d q=%d M=%lld", qk_apmm_path_name(chosen), p, q, (long long)M);
+          int32_t above = 0;
+          CHECK(qk_apmm_choose_path(q, p, max_m + 1, QK_DEVICE_CPU, QK_APMM_PATH_AUTO, &above) == QK_OK, "%s",
+                qk_last_error());
+          CHECK(strstr(qk_apmm_path_name(above), "stream") == NULL, "stream above M = %lld", (long long)max_m);
           if (!stream) continue;
           streamed++;
           std::vector<int32_t> ca = random_codes(rng, fa, q, M * K), cw = random_codes(rng, fw, p, N * K);
