@@ -169,6 +169,26 @@ struct Epilogue {
     c_len = segment_product(a.format, a.bits, w.format, w.bits, 0, 0, 0, 1);
   }
 
+  // store() for an I32 output, elements (m, n0 .. n0 + nt) from uu[j * u_segs + s]: the loop
+  // invariants in registers (through store() they were reloaded per element, the int32 output
+  // may alias the int32 sums as far as the compiler knows).
+  void store_i32(int64_t m, int64_t n0, int64_t nt, const int32_t* __restrict uu, int64_t u_segs,
+                 int64_t int8_shift) const {
+    const int64_t S = segs, K = k, G = group, cu = c_u, ca = c_a, cw = c_w, cl = c_len;
+    const int32_t* __restrict sa_row = a.sums + m * S;
+    const int32_t* __restrict sw_rows = w.sums + n0 * S;
+    int32_t* __restrict o = static_cast<int32_t*>(out->data) + m * out->shape[1] + n0;
+    for (int64_t j = 0; j < nt; j++) {
+      int64_t total = 0;
+      for (int64_t s = 0; s < S; s++) {
+        const int64_t len = G == 0 ? K : std::min(K, (s + 1) * G) - s * G;
+        const int64_t sa = sa_row[s], sw = sw_rows[j * S + s], uprod = (int64_t)uu[j * u_segs + s] + int8_shift * sa;
+        total += cu * uprod + ca * sa + cw * sw + cl * len;
+      }
+      o[j] = (int32_t)total;
+    }
+  }
+
   void store(int64_t m, int64_t n, const int32_t* uu, int64_t u_stride, int64_t int8_shift) const {
     const int64_t N = out->shape[1];
     int64_t total = 0;
@@ -563,9 +583,14 @@ QK_API qk_status qk_apmm_matmul(const qk_tensor* a_planes, const qk_tensor* a_su
             kern.stream(a_u8.data(), q, ep.w.planes, p, kw, m0, m1, n0, nt, tile);
           else
             kern.int8(a_u8.data(), panel.data(), kp, m0, m1, nt, p + q == 16, tile);
-          for (int64_t m = m0; m < m1; m++)
-            for (int64_t j = 0; j < nt; j++)
-              ep.store(m, n0 + j, &u[(size_t)(((m - m0) * nt + j) * tile_segs)], 1, int8_shift);
+          for (int64_t m = m0; m < m1; m++) {
+            const int32_t* um = &u[(size_t)((m - m0) * nt * tile_segs)];
+            if (out->dtype == QK_I32) {
+              ep.store_i32(m, n0, nt, um, tile_segs, int8_shift);
+              continue;
+            }
+            for (int64_t j = 0; j < nt; j++) ep.store(m, n0 + j, um + j * tile_segs, 1, int8_shift);
+          }
         }
       }
     });
