@@ -100,9 +100,9 @@ inline void store_chunk_segments(__m256i lanes, int64_t chunk, int64_t seg_bits,
 constexpr int64_t kAhead = 2;  // weight rows of prefetch distance
 
 // MR rows of A (a, kp bytes apart) against weight rows [n0, n0 + nt).
-template <int P, int MR>
+template <int P, int MR, int F>
 void stream_tile(const uint8_t* a, int64_t kp, const uint64_t* w_planes, int64_t kw, int64_t n0, int64_t nt,
-                 int flush, const TileOut& out) {
+                 const TileOut& out) {
   const __m256i ones16 = _mm256_set1_epi16(1);
   const int64_t chunks = kw / 4;
   for (int64_t j = 0; j < nt; j++) {
@@ -126,7 +126,7 @@ void stream_tile(const uint8_t* a, int64_t kp, const uint64_t* w_planes, int64_t
           const __m256i av = _mm256_loadu_si256((const __m256i*)(a + r * kp + ch * 256 + c * 32));
           acc16[r] = _mm256_add_epi16(acc16[r], _mm256_maddubs_epi16(av, C[c]));
         }
-        if (((c + 1) & (flush - 1)) == 0)
+        if ((c + 1) % F == 0)
           for (int r = 0; r < MR; r++) {
             acc32[r] = _mm256_add_epi32(acc32[r], _mm256_madd_epi16(acc16[r], ones16));
             acc16[r] = _mm256_setzero_si256();
@@ -143,14 +143,26 @@ void stream_tile(const uint8_t* a, int64_t kp, const uint64_t* w_planes, int64_t
   }
 }
 
+template <int P, int F>
+void stream_rows_f(const uint8_t* a, int64_t kp, int64_t rows, const uint64_t* w_planes, int64_t kw, int64_t n0,
+                   int64_t nt, const TileOut& out) {
+  switch (rows) {
+    case 1: return stream_tile<P, 1, F>(a, kp, w_planes, kw, n0, nt, out);
+    case 2: return stream_tile<P, 2, F>(a, kp, w_planes, kw, n0, nt, out);
+    case 3: return stream_tile<P, 3, F>(a, kp, w_planes, kw, n0, nt, out);
+    default: return stream_tile<P, 4, F>(a, kp, w_planes, kw, n0, nt, out);
+  }
+}
+
+// flush: a compile-time constant, so the unrolled phase loop has no branches.
 template <int P>
 void stream_rows(const uint8_t* a, int64_t kp, int64_t rows, const uint64_t* w_planes, int64_t kw, int64_t n0,
                  int64_t nt, int flush, const TileOut& out) {
-  switch (rows) {
-    case 1: return stream_tile<P, 1>(a, kp, w_planes, kw, n0, nt, flush, out);
-    case 2: return stream_tile<P, 2>(a, kp, w_planes, kw, n0, nt, flush, out);
-    case 3: return stream_tile<P, 3>(a, kp, w_planes, kw, n0, nt, flush, out);
-    default: return stream_tile<P, 4>(a, kp, w_planes, kw, n0, nt, flush, out);
+  switch (flush) {
+    case 8: return stream_rows_f<P, 8>(a, kp, rows, w_planes, kw, n0, nt, out);
+    case 4: return stream_rows_f<P, 4>(a, kp, rows, w_planes, kw, n0, nt, out);
+    case 2: return stream_rows_f<P, 2>(a, kp, rows, w_planes, kw, n0, nt, out);
+    default: return stream_rows_f<P, 1>(a, kp, rows, w_planes, kw, n0, nt, out);
   }
 }
 
