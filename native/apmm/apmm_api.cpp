@@ -565,11 +565,17 @@ QK_API qk_status qk_apmm_matmul(const qk_tensor* a_planes, const qk_tensor* a_su
       });
     }
     const int64_t int8_shift = family == CpuFamily::Int8 ? ((int64_t)1 << (p - 1)) : 0;
-    parallel_for(n_tiles * m_blocks, 1, [&](int64_t t0, int64_t t1) {
+    // Tiles are claimed one at a time rather than split in equal static ranges: a worker that
+    // wakes late (tens of microseconds on a busy or virtualized machine) then takes fewer tiles
+    // instead of finishing its half that much after the caller (at M = 1 a whole 4096 x 4096
+    // call is ~200 us).
+    const int64_t tiles = n_tiles * m_blocks;
+    std::atomic<int64_t> next_tile{0};
+    parallel_for(std::min<int64_t>(tiles, worker_threads()), 1, [&](int64_t, int64_t) {
       std::vector<int32_t> u((size_t)(m_sub * n_tile * tile_segs));
       std::vector<int8_t> panel(family == CpuFamily::Int8 ? (size_t)(n_tile * kp) : 0);
       TileOut tile{u.data(), tile_segs, group};
-      for (int64_t t = t0; t < t1; t++) {
+      for (int64_t t = next_tile.fetch_add(1); t < tiles; t = next_tile.fetch_add(1)) {
         const int64_t n0 = (t / m_blocks) * n_tile, nt = std::min(n_tile, N - n0);
         const int64_t mb0 = (t % m_blocks) * m_block, mb1 = std::min(M, mb0 + m_block);
         if (family == CpuFamily::Int8)
