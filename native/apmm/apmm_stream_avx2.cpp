@@ -113,9 +113,12 @@ void stream_tile(const uint8_t* a, int64_t kp, const uint64_t* w_planes, int64_t
     // The planes of row j + kAhead (rows are contiguous) are prefetched as fast as these are
     // read: a row's planes are short streams (K/8 bytes each) that the hardware prefetchers
     // pick up late, and weight streaming is bound by the reads in flight.
-    const char* ahead = (const char*)(w_planes + (n0 + j + kAhead) * P * kw);
+    // (an integer address: past the last row it points outside the weights, which a prefetch
+    // may do but C++ pointer arithmetic may not)
+    const uintptr_t ahead = (uintptr_t)w_planes + (uintptr_t)((n0 + j + kAhead) * P * kw * 8);
     for (int64_t ch = 0; ch < chunks; ch++) {
-      for (int64_t off = ch * P * 32; off < (ch + 1) * P * 32; off += 64) _mm_prefetch(ahead + off, _MM_HINT_T0);
+      for (int64_t off = ch * P * 32; off < (ch + 1) * P * 32; off += 64)
+        _mm_prefetch((const char*)(ahead + (uintptr_t)off), _MM_HINT_T0);
       __m256i C[8];
       decode_chunk<P>(plane, ch, C);
       __m256i acc16[MR];
