@@ -47,6 +47,28 @@ bool prefer_bitserial(int p, int q, int64_t m) {
   return p * q <= 4 || (m <= 4 && p * q <= 8);
 }
 
+// The small-M streaming path decodes each weight row once per pass of <= 4 rows of A, then
+// costs two vector operations per row of A and 32 weights. Measured on the AVX2 machine
+// (interleaved, 4096 x 4096): at M = 1 it beats bit-serial from p*q = 8 (W1A8 2.1x, W2A4 2x,
+// W4A2 1.7x) but loses at p*q <= 4 (W2A2 0.75x, W1A4 0.85x); it beats the int8 path 1.3-1.6x
+// at M = 8, and at M = 16 for p <= 4 (1.2-1.5x) but not at W6A8 (0.8x).
+bool prefer_stream(int p, int q, int64_t m) {
+  return stream_serves(p, q) && p * q > 4 && m <= (p <= 4 ? 16 : 8);
+}
+
+enum class CpuFamily { Bitserial, Int8, Stream };
+
+CpuFamily choose_cpu(int32_t request, int p, int q, int64_t m) {
+  if (request == QK_APMM_PATH_BITSERIAL) return CpuFamily::Bitserial;
+  if (request == QK_APMM_PATH_INT8) return CpuFamily::Int8;
+  if (prefer_stream(p, q, m)) return CpuFamily::Stream;
+  return prefer_bitserial(p, q, m) ? CpuFamily::Bitserial : CpuFamily::Int8;
+}
+
+int32_t path_id(const CpuKernels& k, CpuFamily f) {
+  return f == CpuFamily::Bitserial ? k.bitserial_id : f == CpuFamily::Int8 ? k.int8_id : k.stream_id;
+}
+
 qk_status check_format_bits(int32_t format, int32_t bits, const char* fn, const char* what) {
   if (!valid_format(format))
     return fail(QK_ERR_INVALID_ARGUMENT, "%s: %s format %d is invalid (0 bipolar, 1 signed, 2 unsigned)", fn, what,
@@ -136,6 +158,36 @@ struct Epilogue {
   Operand a, w;
   int64_t k, group, segs;
   const qk_tensor* out;
+  // segment_product is linear in (uprod, sa, sw, len): its coefficients, taken from it once, so
+  // that the per-element work is four multiply-adds (at M = 1 this epilogue ran ~12% of the time).
+  int64_t c_u = 0, c_a = 0, c_w = 0, c_len = 0;
+
+  void init_coefficients() {
+    c_u = segment_product(a.format, a.bits, w.format, w.bits, 1, 0, 0, 0);
+    c_a = segment_product(a.format, a.bits, w.format, w.bits, 0, 1, 0, 0);
+    c_w = segment_product(a.format, a.bits, w.format, w.bits, 0, 0, 1, 0);
+    c_len = segment_product(a.format, a.bits, w.format, w.bits, 0, 0, 0, 1);
+  }
+
+  // store() for an I32 output, elements (m, n0 .. n0 + nt) from uu[j * u_segs + s]: the loop
+  // invariants in registers (through store() they were reloaded per element, the int32 output
+  // may alias the int32 sums as far as the compiler knows).
+  void store_i32(int64_t m, int64_t n0, int64_t nt, const int32_t* __restrict uu, int64_t u_segs,
+                 int64_t int8_shift) const {
+    const int64_t S = segs, K = k, G = group, cu = c_u, ca = c_a, cw = c_w, cl = c_len;
+    const int32_t* __restrict sa_row = a.sums + m * S;
+    const int32_t* __restrict sw_rows = w.sums + n0 * S;
+    int32_t* __restrict o = static_cast<int32_t*>(out->data) + m * out->shape[1] + n0;
+    for (int64_t j = 0; j < nt; j++) {
+      int64_t total = 0;
+      for (int64_t s = 0; s < S; s++) {
+        const int64_t len = G == 0 ? K : std::min(K, (s + 1) * G) - s * G;
+        const int64_t sa = sa_row[s], sw = sw_rows[j * S + s], uprod = (int64_t)uu[j * u_segs + s] + int8_shift * sa;
+        total += cu * uprod + ca * sa + cw * sw + cl * len;
+      }
+      o[j] = (int32_t)total;
+    }
+  }
 
   void store(int64_t m, int64_t n, const int32_t* uu, int64_t u_stride, int64_t int8_shift) const {
     const int64_t N = out->shape[1];
@@ -145,7 +197,7 @@ struct Epilogue {
       const int64_t len = group == 0 ? k : std::min(k, (s + 1) * group) - s * group;
       const int64_t sa = a.sums[m * segs + s], sw = w.sums[n * segs + s];
       const int64_t uprod = (int64_t)uu[s * u_stride] + int8_shift * sa;
-      const int64_t d = segment_product(a.format, a.bits, w.format, w.bits, uprod, sa, sw, len);
+      const int64_t d = c_u * uprod + c_a * sa + c_w * sw + c_len * len;  // = segment_product(...)
       if (out->dtype == QK_I32) {
         total += d;
         continue;
@@ -220,6 +272,8 @@ QK_API const char* qk_apmm_path_name(int32_t path) {
     case QK_APMM_RAN_AVX512_INT8: return "avx512-int8-vnni";
     case QK_APMM_RAN_CUDA_B1_MMA: return "cuda-b1-mma";
     case QK_APMM_RAN_CUDA_INT8_MMA: return "cuda-int8-mma";
+    case QK_APMM_RAN_SCALAR_STREAM: return "scalar-stream";
+    case QK_APMM_RAN_AVX2_STREAM: return "avx2-stream";
     default: return "unknown";
   }
 }
@@ -240,10 +294,7 @@ QK_API qk_status qk_apmm_choose_path(int32_t a_bits, int32_t w_bits, int64_t m, 
     }
     if (device_kind != QK_DEVICE_CPU)
       return fail(QK_ERR_INVALID_ARGUMENT, "%s: device_kind %d is invalid", fn, device_kind);
-    const CpuKernels& k = kernels();
-    bool bitserial = request == QK_APMM_PATH_BITSERIAL ||
-                     (request == QK_APMM_PATH_AUTO && prefer_bitserial(w_bits, a_bits, m));
-    *path_out = bitserial ? k.bitserial_id : k.int8_id;
+    *path_out = path_id(kernels(), choose_cpu(request, w_bits, a_bits, m));
     return QK_OK;
   });
 }
@@ -470,9 +521,9 @@ QK_API qk_status qk_apmm_matmul(const qk_tensor* a_planes, const qk_tensor* a_su
                                w_scales, w_zero_points, w_format, w_bits, k, group, out, request, path_used, stream);
 
     const CpuKernels& kern = kernels();
-    const bool bitserial = request == QK_APMM_PATH_BITSERIAL ||
-                           (request == QK_APMM_PATH_AUTO && prefer_bitserial(w_bits, a_bits, M));
-    if (path_used) *path_used = bitserial ? kern.bitserial_id : kern.int8_id;
+    const CpuFamily family = choose_cpu(request, w_bits, a_bits, M);
+    const bool bitserial = family == CpuFamily::Bitserial, stream = family == CpuFamily::Stream;
+    if (path_used) *path_used = path_id(kern, family);
     if (M == 0 || N == 0) return QK_OK;
 
     Epilogue ep;
@@ -486,6 +537,7 @@ QK_API qk_status qk_apmm_matmul(const qk_tensor* a_planes, const qk_tensor* a_su
     ep.group = group;
     ep.segs = segs;
     ep.out = out;
+    ep.init_coefficients();
     if (k == 0) {  // no columns: every product is 0 (the kernels need at least one word)
       std::vector<int32_t> zeros((size_t)segs, 0);
       for (int64_t m = 0; m < M; m++)
@@ -496,35 +548,55 @@ QK_API qk_status qk_apmm_matmul(const qk_tensor* a_planes, const qk_tensor* a_su
     const int p = w_bits, q = a_bits;
     const int64_t kp = kw * 64;
     const int64_t tile_segs = group == 0 ? 1 : kp / group;
-    const int64_t n_tile = 16, m_block = 64, m_sub = 4;
+    constexpr int64_t n_tile = 16, m_block = 64, m_sub = 4;
+    static_assert(m_sub <= kStreamMaxRows, "the stream kernels take at most kStreamMaxRows rows of A per call");
     const int64_t n_tiles = (N + n_tile - 1) / n_tile, m_blocks = (M + m_block - 1) / m_block;
     std::vector<uint8_t> a_u8;
     if (!bitserial) {  // activations as bytes once, shared by every weight panel
       a_u8.resize((size_t)(M * kp));
       parallel_for(M, 1, [&](int64_t r0, int64_t r1) {
-        for (int64_t r = r0; r < r1; r++) kern.unpack_row(ep.a.planes + r * q * kw, q, kw, false, &a_u8[(size_t)(r * kp)]);
+        for (int64_t r = r0; r < r1; r++) {
+          uint8_t* row = &a_u8[(size_t)(r * kp)];
+          if (stream)
+            kern.stream_prepare_a(ep.a.planes + r * q * kw, q, kw, row);
+          else
+            kern.unpack_row(ep.a.planes + r * q * kw, q, kw, false, row);
+        }
       });
     }
-    const int64_t int8_shift = bitserial ? 0 : ((int64_t)1 << (p - 1));
-    parallel_for(n_tiles * m_blocks, 1, [&](int64_t t0, int64_t t1) {
+    const int64_t int8_shift = family == CpuFamily::Int8 ? ((int64_t)1 << (p - 1)) : 0;
+    // Tiles are claimed one at a time rather than split in equal static ranges: a worker that
+    // wakes late (tens of microseconds on a busy or virtualized machine) then takes fewer tiles
+    // instead of finishing its half that much after the caller (at M = 1 a whole 4096 x 4096
+    // call is ~200 us).
+    const int64_t tiles = n_tiles * m_blocks;
+    std::atomic<int64_t> next_tile{0};
+    parallel_for(std::min<int64_t>(tiles, worker_threads()), 1, [&](int64_t, int64_t) {
       std::vector<int32_t> u((size_t)(m_sub * n_tile * tile_segs));
-      std::vector<int8_t> panel(bitserial ? 0 : (size_t)(n_tile * kp));
+      std::vector<int8_t> panel(family == CpuFamily::Int8 ? (size_t)(n_tile * kp) : 0);
       TileOut tile{u.data(), tile_segs, group};
-      for (int64_t t = t0; t < t1; t++) {
+      for (int64_t t = next_tile.fetch_add(1); t < tiles; t = next_tile.fetch_add(1)) {
         const int64_t n0 = (t / m_blocks) * n_tile, nt = std::min(n_tile, N - n0);
         const int64_t mb0 = (t % m_blocks) * m_block, mb1 = std::min(M, mb0 + m_block);
-        if (!bitserial)
+        if (family == CpuFamily::Int8)
           for (int64_t j = 0; j < nt; j++)
             kern.unpack_row(ep.w.planes + (n0 + j) * p * kw, p, kw, true, (uint8_t*)&panel[(size_t)(j * kp)]);
         for (int64_t m0 = mb0; m0 < mb1; m0 += m_sub) {
           const int64_t m1 = std::min(mb1, m0 + m_sub);
           if (bitserial)
             kern.bitserial(ep.a.planes, q, ep.w.planes, p, kw, m0, m1, n0, nt, tile);
+          else if (stream)
+            kern.stream(a_u8.data(), q, ep.w.planes, p, kw, m0, m1, n0, nt, tile);
           else
             kern.int8(a_u8.data(), panel.data(), kp, m0, m1, nt, p + q == 16, tile);
-          for (int64_t m = m0; m < m1; m++)
-            for (int64_t j = 0; j < nt; j++)
-              ep.store(m, n0 + j, &u[(size_t)(((m - m0) * nt + j) * tile_segs)], 1, int8_shift);
+          for (int64_t m = m0; m < m1; m++) {
+            const int32_t* um = &u[(size_t)((m - m0) * nt * tile_segs)];
+            if (out->dtype == QK_I32) {
+              ep.store_i32(m, n0, nt, um, tile_segs, int8_shift);
+              continue;
+            }
+            for (int64_t j = 0; j < nt; j++) ep.store(m, n0 + j, um + j * tile_segs, 1, int8_shift);
+          }
         }
       }
     });

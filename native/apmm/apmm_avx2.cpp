@@ -250,8 +250,9 @@ void int8_avx2(const uint8_t* a_u8, const int8_t* w_s8, int64_t kp, int64_t m0, 
   }
 }
 
-const CpuKernels kAvx2 = {bitserial_avx2, unpack_row_avx2, int8_avx2, QK_APMM_RAN_AVX2_BITSERIAL,
-                          QK_APMM_RAN_AVX2_INT8};
+const CpuKernels kAvx2 = {bitserial_avx2,        unpack_row_avx2,       int8_avx2,
+                          stream_prepare_a_avx2, stream_avx2,           QK_APMM_RAN_AVX2_BITSERIAL,
+                          QK_APMM_RAN_AVX2_INT8, QK_APMM_RAN_AVX2_STREAM};
 
 }  // namespace
 

@@ -135,8 +135,10 @@ void int8_vnni(const uint8_t* a_u8, const int8_t* w_s8, int64_t kp, int64_t m0, 
   }
 }
 
-const CpuKernels kAvx512 = {bitserial_avx512, unpack_row_avx512, int8_vnni, QK_APMM_RAN_AVX512_BITSERIAL,
-                            QK_APMM_RAN_AVX512_INT8};
+// The small-M streaming path has no AVX-512 version yet: the AVX2 kernels run (and say so).
+const CpuKernels kAvx512 = {bitserial_avx512,        unpack_row_avx512,       int8_vnni,
+                            stream_prepare_a_avx2,   stream_avx2,             QK_APMM_RAN_AVX512_BITSERIAL,
+                            QK_APMM_RAN_AVX512_INT8, QK_APMM_RAN_AVX2_STREAM};
 
 }  // namespace
 

@@ -74,8 +74,37 @@ void int8_scalar(const uint8_t* a_u8, const int8_t* w_s8, int64_t kp, int64_t m0
   }
 }
 
-const CpuKernels kScalar = {bitserial_scalar, unpack_row_scalar, int8_scalar, QK_APMM_RAN_SCALAR_BITSERIAL,
-                            QK_APMM_RAN_SCALAR_INT8};
+void stream_prepare_a_scalar(const uint64_t* planes, int bits, int64_t kw, uint8_t* out) {
+  unpack_row_scalar(planes, bits, kw, false, out);  // natural column order
+}
+
+// The reference of the streaming path: one weight row's codes decoded once, then every row of A.
+void stream_scalar(const uint8_t* a_u8, int, const uint64_t* w_planes, int p, int64_t kw, int64_t m0, int64_t m1,
+                   int64_t n0, int64_t nt, const TileOut& out) {
+  const int64_t kp = kw * 64, segs = out.segs, seg_len = out.seg_bits == 0 ? kp : out.seg_bits;
+  uint8_t codes[64];
+  for (int64_t j = 0; j < nt; j++) {
+    const uint64_t* w = w_planes + (n0 + j) * p * kw;
+    for (int64_t m = m0; m < m1; m++)
+      for (int64_t s = 0; s < segs; s++) out.u[((m - m0) * nt + j) * segs + s] = 0;
+    for (int64_t word = 0; word < kw; word++) {
+      for (int c = 0; c < 64; c++) {
+        uint32_t u = 0;
+        for (int i = 0; i < p; i++) u |= (uint32_t)((w[i * kw + word] >> c) & 1u) << i;
+        codes[c] = (uint8_t)u;
+      }
+      for (int64_t m = m0; m < m1; m++) {
+        const uint8_t* a = a_u8 + m * kp + word * 64;
+        int32_t* u = out.u + ((m - m0) * nt + j) * segs;
+        for (int c = 0; c < 64; c++) u[(word * 64 + c) / seg_len] += (int32_t)a[c] * (int32_t)codes[c];
+      }
+    }
+  }
+}
+
+const CpuKernels kScalar = {bitserial_scalar,         unpack_row_scalar,           int8_scalar,
+                            stream_prepare_a_scalar,  stream_scalar,               QK_APMM_RAN_SCALAR_BITSERIAL,
+                            QK_APMM_RAN_SCALAR_INT8,  QK_APMM_RAN_SCALAR_STREAM};
 
 }  // namespace
 

@@ -77,7 +77,7 @@ static void integer_grid(std::mt19937_64& rng, const char* cpu) {
               for (int64_t c = 0; c < K; c++) s += (int64_t)ca[(size_t)(m * K + c)] * cw[(size_t)(n * K + c)];
               ref[(size_t)(m * N + n)] = s;
             }
-          for (int request = QK_APMM_PATH_BITSERIAL; request <= QK_APMM_PATH_INT8; request++) {
+          for (int request : {QK_APMM_PATH_BITSERIAL, QK_APMM_PATH_INT8, QK_APMM_PATH_AUTO}) {
             std::vector<int32_t> c((size_t)(M * N), (int32_t)0xDEADBEEF);
             qk_tensor tap = a.tp(), tas = a.ts(), twp = w.tp(), tws = w.ts(), tc = tensor(c.data(), QK_I32, 4, {M, N});
             int32_t used = -1;
@@ -95,6 +95,66 @@ static void integer_grid(std::mt19937_64& rng, const char* cpu) {
               }
           }
         }
+}
+
+// The small-M streaming path (chosen by AUTO): every (p, q) it serves, every format pair, M = 1
+// and its largest M (16 or 8: several passes of 4 rows), M = 6 (a ragged last pass), K not a
+// multiple of 64 or 256, and segments of 0/32/64/128 columns, exact I32 output against int64.
+static void stream_grid(std::mt19937_64& rng, const char* cpu) {
+  const int64_t ks[] = {300, 97, 513, 1000, 31, 256};
+  const int64_t groups[] = {0, 32, 64, 128};
+  int shape = 0, streamed = 0;
+  for (int p = 1; p <= 8; p++)
+    for (int q = 1; q <= 8; q++)
+      for (int fa = 0; fa < 3; fa++)
+        for (int fw = 0; fw < 3; fw++) {
+          const int64_t max_m = p <= 4 ? 16 : 8, ms[] = {1, max_m, 6};
+          const int64_t M = ms[shape % 3], N = 1 + (shape * 7) % 21, K = ks[shape % 6], g = groups[shape % 4];
+          shape++;
+          int32_t chosen = 0;
+          CHECK(qk_apmm_choose_path(q, p, M, QK_DEVICE_CPU, QK_APMM_PATH_AUTO, &chosen) == QK_OK, "%s",
+                qk_last_error());
+          const bool stream = strstr(qk_apmm_path_name(chosen), "stream") != NULL;
+          // the streaming kernels hold u_w in a signed byte and int16 pair sums (see apmm_cpu.h)
+          const bool serves = p <= 7 && 2 * ((1 << p) - 1) * ((1 << q) - 1) <= 32767;
+          CHECK(!stream || serves, "AUTO chose %s for p=%d q=%d", qk_apmm_path_name(chosen), p, q);
+          // AUTO's rule (apmm_api.cpp): bit-serial is faster at p*q <= 4, the int8 path above M = 8 for p > 4
+          const bool expect = serves && p * q > 4 && M <= (p <= 4 ? 16 : 8);
+          CHECK(stream == expect, "AUTO chose %s for p=%d q=%d M=%lld", qk_apmm_path_name(chosen), p, q, (long long)M);
+          int32_t above = 0;
+          CHECK(qk_apmm_choose_path(q, p, max_m + 1, QK_DEVICE_CPU, QK_APMM_PATH_AUTO, &above) == QK_OK, "%s",
+                qk_last_error());
+          CHECK(strstr(qk_apmm_path_name(above), "stream") == NULL, "stream above M = %lld", (long long)max_m);
+          if (!stream) continue;
+          streamed++;
+          std::vector<int32_t> ca = random_codes(rng, fa, q, M * K), cw = random_codes(rng, fw, p, N * K);
+          if (shape % 5 == 0) {  // the largest codes: every u_a * u_w product and int16 pair sum at its maximum
+            for (auto& x : ca) x = cmax(fa, q);
+            for (auto& x : cw) x = cmax(fw, p);
+          }
+          Packed a = pack(ca, fa, q, M, K, g), w = pack(cw, fw, p, N, K, g);
+          std::vector<int32_t> c((size_t)(M * N), (int32_t)0xDEADBEEF);
+          qk_tensor tap = a.tp(), tas = a.ts(), twp = w.tp(), tws = w.ts(), tc = tensor(c.data(), QK_I32, 4, {M, N});
+          int32_t used = -1;
+          CHECK(qk_apmm_matmul(&tap, &tas, NULL, NULL, fa, q, &twp, &tws, NULL, NULL, fw, p, K, g, &tc,
+                               QK_APMM_PATH_AUTO, &used, NULL) == QK_OK,
+                "%s", qk_last_error());
+          g_matmuls++;
+          CHECK(used == chosen, "ran %s, chose %s", qk_apmm_path_name(used), qk_apmm_path_name(chosen));
+          for (int64_t m = 0; m < M; m++)
+            for (int64_t n = 0; n < N; n++) {
+              int64_t ref = 0;
+              for (int64_t k = 0; k < K; k++) ref += (int64_t)ca[(size_t)(m * K + k)] * cw[(size_t)(n * K + k)];
+              if (c[(size_t)(m * N + n)] != ref) {
+                CHECK(false, "%s %s: A %s q=%d, W %s p=%d, M=%lld N=%lld K=%lld g=%lld: c[%lld, %lld] = %d, expected %lld",
+                      cpu, qk_apmm_path_name(used), fname(fa), q, fname(fw), p, (long long)M, (long long)N,
+                      (long long)K, (long long)g, (long long)m, (long long)n, c[(size_t)(m * N + n)], (long long)ref);
+                m = M;
+                break;
+              }
+            }
+        }
+  CHECK(streamed > 400, "only %d matmuls took the stream path", streamed);
 }
 
 // Dynamic quantization of A (per token) and W (per row or per group), float output against
@@ -167,7 +227,7 @@ static void float_path(std::mt19937_64& rng, const char* cpu) {
             }
             ref[(size_t)(m * N + n)] = y;
           }
-        for (int request = QK_APMM_PATH_BITSERIAL; request <= QK_APMM_PATH_INT8; request++)
+        for (int request : {QK_APMM_PATH_BITSERIAL, QK_APMM_PATH_INT8, QK_APMM_PATH_AUTO})
           for (int32_t dt : {QK_F32, QK_F16, QK_BF16}) {
             std::vector<uint32_t> out((size_t)(M * N), 0x7fc0ffffu);
             qk_tensor to = tensor(out.data(), dt, dt == QK_F32 ? 4 : 2, {M, N});
@@ -286,6 +346,7 @@ int main() {
       continue;
     }
     integer_grid(rng, path);
+    stream_grid(rng, path);
     float_path(rng, path);
   }
   qk_cpu_set_path("auto");

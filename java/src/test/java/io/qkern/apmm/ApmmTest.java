@@ -113,6 +113,69 @@ class ApmmTest {
         }
     }
 
+    /**
+     * The small-M weight-streaming path that AUTO takes at M <= 16 (p <= 4) or 8 (p = 5..7) for
+     * p*q > 4: every (p, q) it serves, M = 1 and the largest M, K not a multiple of 64 or 256,
+     * segments of 0/32/64/128 columns, all three formats, exact against int64.
+     */
+    @Test
+    void streamPathIsExactAtSmallM() {
+        SplittableRandom rng = new SplittableRandom(SEED + 2);
+        int[] ks = {97, 300, 513, 31};
+        long[] groups = {0, 32, 64, 128};
+        ApmmFormat[] formats = ApmmFormat.values();
+        int streamed = 0;
+        for (String cpu : CpuPaths.available()) {
+            Qkern.setCpuPath(cpu);
+            int shape = 0;
+            for (int p = 1; p <= 7; p++) {
+                for (int q = 1; q <= 8; q++) {
+                    if (p * q <= 4 || 2 * ((1 << p) - 1) * ((1 << q) - 1) > 32767) {
+                        continue;  // bit-serial's cases, or u_w * u_a pair sums beyond int16
+                    }
+                    int maxM = p <= 4 ? 16 : 8;
+                    assertTrue(Apmm.choosePath(q, p, maxM, Device.CPU, ApmmPath.AUTO).endsWith("stream"));
+                    assertTrue(!Apmm.choosePath(q, p, maxM + 1, Device.CPU, ApmmPath.AUTO).endsWith("stream"));
+                    for (int m : new int[] {1, maxM}) {
+                        ApmmFormat fa = formats[shape % 3], fw = formats[(shape / 3 + p) % 3];
+                        int n = 1 + (shape * 5) % 19, k = ks[shape % ks.length];
+                        long g = groups[shape % groups.length];
+                        shape++;
+                        int[] ca = randomCodes(rng, fa, q, m * k), cw = randomCodes(rng, fw, p, n * k);
+                        if (shape % 5 == 0) {  // the largest unsigned codes: int16 pair sums at their bound
+                            java.util.Arrays.fill(ca, fa.max(q));
+                            java.util.Arrays.fill(cw, fw.max(p));
+                        }
+                        try (Tensor ta = ints(ca, m, k); Tensor tw = ints(cw, n, k);
+                                ApmmMatrix a = Apmm.pack(ta, fa, q, g); ApmmMatrix w = Apmm.pack(tw, fw, p, g);
+                                Tensor out = Tensor.allocate(DType.I32, Device.CPU, m, n)) {
+                            out.fillBytes(0xFF);
+                            String ran = Apmm.matmulInto(a, w, out, ApmmPath.AUTO);
+                            assertTrue(ran.endsWith("stream"), ran);
+                            streamed++;
+                            int[] got = intsOf(out);
+                            for (int i = 0; i < m; i++) {
+                                for (int j = 0; j < n; j++) {
+                                    long ref = 0;
+                                    for (int c = 0; c < k; c++) {
+                                        ref += (long) ca[i * k + c] * cw[j * k + c];
+                                    }
+                                    if (got[i * n + j] != ref) {
+                                        fail(cpu + " " + ran + ": A " + fa + " q=" + q + ", W " + fw + " p=" + p
+                                                + ", M=" + m + " N=" + n + " K=" + k + " group=" + g + ": c[" + i + ", "
+                                                + j + "] = " + got[i * n + j] + ", expected " + ref + " (seed " + SEED
+                                                + ")");
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        assertTrue(streamed > 100, "stream path ran " + streamed + " times");
+    }
+
     @Test
     void pathIsChosenPerBitsAndReported() {
         String isa = Qkern.cpuPath();
