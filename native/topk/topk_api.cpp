@@ -213,10 +213,18 @@ QK_API qk_status qk_dgc_step(const qk_tensor* grad, const qk_tensor* u, const qk
     float* vv = static_cast<float*>(v->data);
     const int64_t parts = part_count(n);
 
-    // 1. NaN/Inf scan of grad fused with the clipping norm (before anything is written)
+    // 1. NaN/Inf scan of grad (before anything is written), fused with the clipping norm when
+    // there is one; without clipping a plain exponent test, which runs at memory speed
     bool scaled = false;
     float scale = 1.0f;
-    if (!(flags & QK_DGC_SKIP_FINITE_CHECK) || clip_norm > 0.0f) {
+    if (clip_norm == 0.0f && !(flags & QK_DGC_SKIP_FINITE_CHECK)) {
+      const int64_t bad = first_nan(reinterpret_cast<const uint32_t*>(g), n, true);
+      if (bad >= 0) {
+        if (nonfinite_index) *nonfinite_index = bad;
+        return fail(QK_ERR_NON_FINITE, "%s: grad[%lld] is %s; u and v are unchanged", fn, (long long)bad,
+                    nonfinite_name(f32_bits(g[bad])));
+      }
+    } else if (clip_norm > 0.0f) {
       std::vector<double> sums((size_t)parts);
       std::vector<int64_t> bad((size_t)parts);
       parallel_for(parts, 1, [&](int64_t p0, int64_t p1) {
@@ -237,17 +245,54 @@ QK_API qk_status qk_dgc_step(const qk_tensor* grad, const qk_tensor* u, const qk
       }
     }
 
-    // 2. the fused update, with the first radix pass's histogram of |v| on the side
-    std::vector<uint32_t> hist((size_t)(parts * kBins), 0u);
     const bool nesterov = with_u && (flags & QK_DGC_NESTEROV);
-    parallel_for(parts, 1, [&](int64_t p0, int64_t p1) {
-      for (int64_t p = p0; p < p1; p++)
-        K.dgc_update(g, uu, vv, part_begin(p), part_end(p, n), feedback, nesterov, momentum, scaled, scale,
-                     &hist[p * kBins]);
-    });
-    int64_t suspicious = 0;
-    for (int64_t p = 0; p < parts; p++)
-      for (int b = 0x3fc; b < kBins; b++) suspicious += hist[p * kBins + b];
+    // 2. the fused update. Exact selection on a large tensor: a bound t on |v_new| sampled
+    // before the update (v_new computed at the sample positions without writing), and the update
+    // collects every element with |v_new| >= t as a candidate. t <= Inf's key, so every
+    // non-finite v_new is a candidate. Otherwise (sampled selection, small tensors, k a large
+    // fraction of n) the update histograms |v_new| for the first radix pass.
+    uint32_t t = 0;
+    const bool bounded =
+        !sampled && bound_applies(n, k) &&
+        sampled_bound(
+            n, k,
+            [&](int64_t i, uint32_t* out) {
+              for (int j = 0; j < 8; j++) {
+                const float gi = scaled ? g[i + j] * scale : g[i + j];
+                float ui = with_u ? uu[i + j] : 0.0f, vi = vv[i + j];
+                dgc_accumulate(gi, ui, vi, feedback, nesterov, momentum);
+                out[j] = f32_bits(vi) & 0x7fffffffu;
+              }
+            },
+            &t);
+    t = std::min(t, 0x7f800000u);
+    std::vector<uint32_t> hist;
+    Candidates cand;
+    bool suspicious = false;  // may hold a non-finite v
+    if (bounded) {
+      cand = collect_candidates(
+          n, n / 16, 2 * k,
+          [&](int64_t b, int64_t e, uint32_t* ob, int64_t* oi) {
+            return K.dgc_update_collect(g, uu, vv, b, e, feedback, nesterov, momentum, scaled, scale, t, ob, oi);
+          },
+          [&](int64_t b, int64_t e) {
+            K.dgc_update(g, uu, vv, b, e, feedback, nesterov, momentum, scaled, scale, nullptr);
+          });
+      if (cand.overflow) {
+        suspicious = true;
+      } else {
+        for (int64_t j = 0; j < cand.count && !suspicious; j++) suspicious = (cand.bits[j] & 0x7fffffffu) >= 0x7f800000u;
+      }
+    } else {
+      hist.assign((size_t)(parts * kBins), 0u);
+      parallel_for(parts, 1, [&](int64_t p0, int64_t p1) {
+        for (int64_t p = p0; p < p1; p++)
+          K.dgc_update(g, uu, vv, part_begin(p), part_end(p, n), feedback, nesterov, momentum, scaled, scale,
+                       &hist[p * kBins]);
+      });
+      for (int64_t p = 0; p < parts && !suspicious; p++)
+        for (int b = 0x3fc; b < kBins; b++) suspicious |= hist[p * kBins + b] != 0;
+    }
     if (suspicious) {
       int64_t bad = first_nan(reinterpret_cast<const uint32_t*>(g), n, true);
       if (bad >= 0) {  // only reachable with QK_DGC_SKIP_FINITE_CHECK
@@ -264,13 +309,20 @@ QK_API qk_status qk_dgc_step(const qk_tensor* grad, const qk_tensor* u, const qk
     }
     if (k == 0) return QK_OK;
 
-    // 3. selection by |v|
+    // 3. selection by |v|: among the candidates when there are at least k of them (then the
+    // exact top-k is among them), else over all of v
     auto oi = scratch<int64_t>(k);
     auto ob = scratch<uint32_t>(k);
     int64_t selected = k, bad = -1;
     const uint32_t* vb = reinterpret_cast<const uint32_t*>(vv);
-    qk_status st = sampled ? select_sampled(vb, n, k, sample_ratio, seed, ob.get(), oi.get(), &selected, &bad)
-                           : select_exact(vb, nullptr, n, k, kMagnitude, hist.data(), ob.get(), oi.get(), &bad);
+    qk_status st;
+    if (sampled)
+      st = select_sampled(vb, n, k, sample_ratio, seed, ob.get(), oi.get(), &selected, &bad);
+    else if (bounded && !cand.overflow && cand.count >= k && !bound_forced_short())
+      st = select_radix(cand.bits.get(), cand.index.get(), cand.count, k, kMagnitude, nullptr, ob.get(), oi.get(),
+                        &bad);
+    else
+      st = select_radix(vb, nullptr, n, k, kMagnitude, bounded ? nullptr : hist.data(), ob.get(), oi.get(), &bad);
     if (st == QK_ERR_NON_FINITE)
       return fail(QK_ERR_INTERNAL, "%s: v[%lld] is NaN after the finite check (a qkern bug)", fn, (long long)bad);
     QK_TRY(st);

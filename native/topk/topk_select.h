@@ -2,6 +2,9 @@
 #pragma once
 #include <stdint.h>
 
+#include <functional>
+#include <memory>
+
 #include "qkern.h"
 #include "topk/topk_cpu.h"
 
@@ -24,6 +27,40 @@ const CpuKernels& kernels();  // for the current cpu_path()
 // QK_ERR_NON_FINITE with *nan_index = its lowest index (after src_index mapping).
 qk_status select_exact(const uint32_t* bits, const int64_t* src_index, int64_t n, int64_t k, int order,
                        const uint32_t* hist0, uint32_t* out_bits, int64_t* out_index, int64_t* nan_index);
+
+// select_exact without the sampled bound: radix passes over all of bits[0, n).
+qk_status select_radix(const uint32_t* bits, const int64_t* src_index, int64_t n, int64_t k, int order,
+                       const uint32_t* hist0, uint32_t* out_bits, int64_t* out_index, int64_t* nan_index);
+
+// ---- Sampled lower bound (exact selection stays exact) ---------------------------------------
+// A threshold t picked from a small sample so that, very likely, at least k keys are >= t while
+// only a few times k are. One pass then collects the candidates (keys >= t) in index order; if
+// there are at least k of them the exact top-k lies among them (every key >= t is there, ties
+// included), otherwise the caller falls back to select_radix over everything.
+
+// Whether the bound is worth trying for n elements and k results. The test hook environment
+// variable QKERN_TOPK_BOUND=off disables the bound; =fallback makes bound_short() true, so every
+// bounded selection takes its fallback after the collection pass.
+bool bound_applies(int64_t n, int64_t k);
+bool bound_forced_short();
+
+// keys_at(i, out) writes the keys of elements [i, i + 8) to out[0..8). Returns false when the
+// sample cannot give a useful bound (k too large for the sample size).
+bool sampled_bound(int64_t n, int64_t k, const std::function<void(int64_t, uint32_t*)>& keys_at, uint32_t* t);
+
+struct Candidates {
+  std::unique_ptr<uint32_t[]> bits;
+  std::unique_ptr<int64_t[]> index;
+  int64_t count = 0;
+  bool overflow = false;  // more than `cap` candidates: collection stopped, bits / index are empty
+};
+
+// Runs range(begin, end, out_bits, out_index) -> pairs written (at most end - begin) over [0, n)
+// in blocks on every worker and gathers the pairs in index order. Once more than `cap` pairs are
+// found, collection stops; the remaining blocks are then passed to rest(begin, end) if given.
+Candidates collect_candidates(int64_t n, int64_t cap, int64_t expected,
+                              const std::function<int64_t(int64_t, int64_t, uint32_t*, int64_t*)>& range,
+                              const std::function<void(int64_t, int64_t)>& rest);
 
 // DGC sampled-threshold selection by magnitude (approximate; see qk_topk_sampled in qkern.h).
 // Writes *selected (<= k) real pairs in ascending index order to out_bits/out_index.
