@@ -214,11 +214,12 @@ QK_API qk_status qk_dgc_step(const qk_tensor* grad, const qk_tensor* u, const qk
     const int64_t parts = part_count(n);
 
     // 1. NaN/Inf scan of grad (before anything is written), fused with the clipping norm when
-    // there is one; without clipping a plain exponent test, which runs at memory speed
+    // there is one; without clipping a plain exponent test at memory speed, run backwards so the
+    // update pass finds the start of each worker's range of grad still in cache
     bool scaled = false;
     float scale = 1.0f;
     if (clip_norm == 0.0f && !(flags & QK_DGC_SKIP_FINITE_CHECK)) {
-      const int64_t bad = first_nan(reinterpret_cast<const uint32_t*>(g), n, true);
+      const int64_t bad = first_nonfinite_backward(reinterpret_cast<const uint32_t*>(g), n);
       if (bad >= 0) {
         if (nonfinite_index) *nonfinite_index = bad;
         return fail(QK_ERR_NON_FINITE, "%s: grad[%lld] is %s; u and v are unchanged", fn, (long long)bad,
@@ -257,12 +258,17 @@ QK_API qk_status qk_dgc_step(const qk_tensor* grad, const qk_tensor* u, const qk
         sampled_bound(
             n, k,
             [&](int64_t i, uint32_t* out) {
-              for (int j = 0; j < 8; j++) {
+              for (int j = 0; j < kSampleGroup; j++) {
                 const float gi = scaled ? g[i + j] * scale : g[i + j];
                 float ui = with_u ? uu[i + j] : 0.0f, vi = vv[i + j];
                 dgc_accumulate(gi, ui, vi, feedback, nesterov, momentum);
                 out[j] = f32_bits(vi) & 0x7fffffffu;
               }
+            },
+            [&](int64_t i) {
+              __builtin_prefetch(g + i);
+              __builtin_prefetch(vv + i);
+              if (with_u) __builtin_prefetch(uu + i);
             },
             &t);
     t = std::min(t, 0x7f800000u);
@@ -329,8 +335,12 @@ QK_API qk_status qk_dgc_step(const qk_tensor* grad, const qk_tensor* u, const qk
 
     // 4. pack the pairs, then momentum factor masking and the residual update
     const bool half = values->dtype == QK_F16;
-    parallel_for(k, 1 << 14, [&](int64_t j0, int64_t j1) {
+    parallel_for(k, 1 << 12, [&](int64_t j0, int64_t j1) {
       for (int64_t j = j0; j < j1; j++) {
+        if (j + 16 < std::min(j1, selected)) {  // scattered writes: fetch the lines ahead
+          __builtin_prefetch(vv + oi[j + 16], 1);
+          if (uu) __builtin_prefetch(uu + oi[j + 16], 1);
+        }
         if (j >= selected) {
           if (half) static_cast<uint16_t*>(values->data)[j] = 0;
           else static_cast<float*>(values->data)[j] = 0.0f;

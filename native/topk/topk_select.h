@@ -44,9 +44,18 @@ qk_status select_radix(const uint32_t* bits, const int64_t* src_index, int64_t n
 bool bound_applies(int64_t n, int64_t k);
 bool bound_forced_short();
 
-// keys_at(i, out) writes the keys of elements [i, i + 8) to out[0..8). Returns false when the
-// sample cannot give a useful bound (k too large for the sample size).
-bool sampled_bound(int64_t n, int64_t k, const std::function<void(int64_t, uint32_t*)>& keys_at, uint32_t* t);
+// The sample: groups of kSampleGroup adjacent elements (one cache line when aligned) at evenly
+// spread positions. keys_at(i, out) writes the keys of elements [i, i + kSampleGroup) to out;
+// prefetch(i) is called a few groups ahead (scattered reads: overlap the cache and TLB misses).
+// Returns false when the sample cannot give a useful bound (k too large for the sample size).
+constexpr int64_t kSampleGroup = 16;
+bool sampled_bound(int64_t n, int64_t k, const std::function<void(int64_t, uint32_t*)>& keys_at,
+                   const std::function<void(int64_t)>& prefetch, uint32_t* t);
+
+// The lowest index of a NaN or Inf in bits[0, n), or -1. Each worker scans its range from the end
+// back to the start, so that the start of its range, where the pass that follows begins, is still
+// in the last-level cache.
+int64_t first_nonfinite_backward(const uint32_t* bits, int64_t n);
 
 struct Candidates {
   std::unique_ptr<uint32_t[]> bits;
