@@ -307,7 +307,9 @@ static void dgc_bound_edges(std::mt19937_64& rng) {
   std::vector<float> val((size_t)k);
   qk_tensor tg = flat(g.data(), QK_F32, n, 4), tu = flat(u.data(), QK_F32, n, 4), tv = flat(v.data(), QK_F32, n, 4),
             ti = flat(idx.data(), QK_I64, k, 8), tval = flat(val.data(), QK_F32, k, 4);
-  for (int mode = 0; mode < 3; mode++) {  // 0 bound, 1 forced fallback, 2 all equal (too many candidates)
+  // 0 bound (sample gathered by the finite check), 1 forced fallback, 2 all equal (too many
+  // candidates), 3 without the finite check (sample gathered on its own)
+  for (int mode = 0; mode < 4; mode++) {
     for (int64_t i = 0; i < n; i++) {
       g[i] = mode == 2 ? 0.5f : normal(rng);
       u[i] = mode == 2 ? 0.0f : normal(rng) * 0.1f;
@@ -321,8 +323,9 @@ static void dgc_bound_edges(std::mt19937_64& rng) {
     if (mode == 1) setenv("QKERN_TOPK_BOUND", "fallback", 1);
     std::fill(idx.begin(), idx.end(), (int64_t)0x7f7f7f7f);
     int64_t selected = -1;
-    CHECK(qk_dgc_step(&tg, &tu, &tv, k, 2, 0.9f, 0.0f, 0, 0.0, 0, &ti, &tval, &selected, NULL, NULL) == QK_OK, "%s",
-          qk_last_error());
+    CHECK(qk_dgc_step(&tg, &tu, &tv, k, 2, 0.9f, 0.0f, mode == 3 ? QK_DGC_SKIP_FINITE_CHECK : 0, 0.0, 0, &ti, &tval,
+                      &selected, NULL, NULL) == QK_OK,
+          "%s", qk_last_error());
     unsetenv("QKERN_TOPK_BOUND");
     std::vector<int64_t> ref = reference(ev, k, QK_TOPK_MAGNITUDE);
     std::sort(ref.begin(), ref.end());

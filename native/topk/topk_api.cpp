@@ -213,18 +213,45 @@ QK_API qk_status qk_dgc_step(const qk_tensor* grad, const qk_tensor* u, const qk
     float* vv = static_cast<float*>(v->data);
     const int64_t parts = part_count(n);
 
-    // 1. NaN/Inf scan of grad (before anything is written), fused with the clipping norm when
-    // there is one; without clipping a plain exponent test at memory speed, run backwards so the
-    // update pass finds the start of each worker's range of grad still in cache
+    // The bound for exact selection on a large tensor: a threshold t on |v_new| from a sample
+    // (v_new computed at the sample positions without writing); the update then collects every
+    // element with |v_new| >= t as a candidate. t <= Inf's key, so every non-finite v_new is a
+    // candidate. Otherwise (sampled selection, small tensors, k a large fraction of n) the update
+    // histograms |v_new| for the first radix pass.
+    const bool nesterov = with_u && (flags & QK_DGC_NESTEROV);
     bool scaled = false;
     float scale = 1.0f;
+    const KeysAt sample_keys = [&](int64_t i, uint32_t* out) {
+      for (int j = 0; j < kSampleGroup; j++) {
+        const float gi = scaled ? g[i + j] * scale : g[i + j];
+        float ui = with_u ? uu[i + j] : 0.0f, vi = vv[i + j];
+        dgc_accumulate(gi, ui, vi, feedback, nesterov, momentum);
+        out[j] = f32_bits(vi) & 0x7fffffffu;
+      }
+    };
+    const Prefetch sample_prefetch = [&](int64_t i) {
+      __builtin_prefetch(g + i);
+      __builtin_prefetch(vv + i);
+      if (with_u) __builtin_prefetch(uu + i);
+    };
+    const bool try_bound = !sampled && bound_applies(n, k);
+    BoundSample sample(try_bound ? n : 0, k);
+    const bool bounded = try_bound && sample.usable();
+    bool gathered = false;
+
+    // 1. NaN/Inf scan of grad (before anything is written), fused with the clipping norm when
+    // there is one. Without clipping: a plain exponent test at memory speed, run backwards so the
+    // update pass finds the start of each worker's range of grad still in cache, with the sample
+    // gathered part by part on the side
     if (clip_norm == 0.0f && !(flags & QK_DGC_SKIP_FINITE_CHECK)) {
-      const int64_t bad = first_nonfinite_backward(reinterpret_cast<const uint32_t*>(g), n);
+      const int64_t bad = first_nonfinite_backward(reinterpret_cast<const uint32_t*>(g), n,
+                                                   bounded ? &sample : nullptr, sample_keys, sample_prefetch);
       if (bad >= 0) {
         if (nonfinite_index) *nonfinite_index = bad;
         return fail(QK_ERR_NON_FINITE, "%s: grad[%lld] is %s; u and v are unchanged", fn, (long long)bad,
                     nonfinite_name(f32_bits(g[bad])));
       }
+      gathered = bounded;
     } else if (clip_norm > 0.0f) {
       std::vector<double> sums((size_t)parts);
       std::vector<int64_t> bad((size_t)parts);
@@ -246,32 +273,11 @@ QK_API qk_status qk_dgc_step(const qk_tensor* grad, const qk_tensor* u, const qk
       }
     }
 
-    const bool nesterov = with_u && (flags & QK_DGC_NESTEROV);
-    // 2. the fused update. Exact selection on a large tensor: a bound t on |v_new| sampled
-    // before the update (v_new computed at the sample positions without writing), and the update
-    // collects every element with |v_new| >= t as a candidate. t <= Inf's key, so every
-    // non-finite v_new is a candidate. Otherwise (sampled selection, small tensors, k a large
-    // fraction of n) the update histograms |v_new| for the first radix pass.
-    uint32_t t = 0;
-    const bool bounded =
-        !sampled && bound_applies(n, k) &&
-        sampled_bound(
-            n, k,
-            [&](int64_t i, uint32_t* out) {
-              for (int j = 0; j < kSampleGroup; j++) {
-                const float gi = scaled ? g[i + j] * scale : g[i + j];
-                float ui = with_u ? uu[i + j] : 0.0f, vi = vv[i + j];
-                dgc_accumulate(gi, ui, vi, feedback, nesterov, momentum);
-                out[j] = f32_bits(vi) & 0x7fffffffu;
-              }
-            },
-            [&](int64_t i) {
-              __builtin_prefetch(g + i);
-              __builtin_prefetch(vv + i);
-              if (with_u) __builtin_prefetch(uu + i);
-            },
-            &t);
-    t = std::min(t, 0x7f800000u);
+    // 2. the fused update
+    if (bounded && !gathered)
+      parallel_for(sample.groups(), 512,
+                   [&](int64_t j0, int64_t j1) { sample.gather(j0, j1, sample_keys, sample_prefetch); });
+    const uint32_t t = bounded ? std::min(sample.bound(), 0x7f800000u) : 0u;
     std::vector<uint32_t> hist;
     Candidates cand;
     bool suspicious = false;  // may hold a non-finite v

@@ -91,41 +91,70 @@ int bound_mode() {  // 0 on, 1 off, 2 forced fallback (QKERN_TOPK_BOUND, a test 
 bool bound_applies(int64_t n, int64_t k) { return n >= kBoundMinN && k > 0 && k <= n / 64 && bound_mode() != 1; }
 bool bound_forced_short() { return bound_mode() == 2; }
 
-bool sampled_bound(int64_t n, int64_t k, const std::function<void(int64_t, uint32_t*)>& keys_at,
-                   const std::function<void(int64_t)>& prefetch, uint32_t* t) {
+BoundSample::BoundSample(int64_t n, int64_t k) : n_(n) {
   // ~24 expected sample keys among the top k: the threshold rank sits 4 standard deviations
   // above that, so the bound fails (count < k) with probability ~1e-4 on unstructured data,
   // and the candidates are ~2k. The sample costs ~0.2-0.4 ms (cold scattered reads, prefetched,
   // on every worker), a few percent of a pass over 1e7 elements.
   constexpr int64_t G = kSampleGroup;
+  if (k <= 0 || n < 32 * G) return;
   int64_t s = (int64_t)std::min(32768.0, std::max(4096.0, 24.0 * (double)n / (double)k));
   s = std::min(s, n / 32) / G * G;
-  const int64_t groups = s / G;
-  if (groups < 1) return false;
   const double e = (double)s * (double)k / (double)n;
   const int64_t r = (int64_t)std::ceil(e + 4.0 * std::sqrt(e) + 4.0);
-  if (r > s / 4) return false;
-  auto position = [&](int64_t j) { return std::min(((2 * j + 1) * (n / 2) / groups) & ~(G - 1), n - G); };
+  if (s < G || r > s / 4) return;
+  groups_ = s / G;
+  rank_ = r;
+  keys_.reset(new uint32_t[(size_t)s]);
+}
+
+int64_t BoundSample::position(int64_t j) const {
+  return std::min(((2 * j + 1) * (n_ / 2) / groups_) & ~(kSampleGroup - 1), n_ - kSampleGroup);
+}
+
+int64_t BoundSample::first_group_at_or_after(int64_t i) const {
+  int64_t lo = 0, hi = groups_;  // position() is non-decreasing in j
+  while (lo < hi) {
+    const int64_t mid = lo + (hi - lo) / 2;
+    if (position(mid) < i) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
+}
+
+void BoundSample::gather(int64_t j0, int64_t j1, const KeysAt& keys_at, const Prefetch& prefetch) {
   constexpr int64_t kAhead = 8;
-  std::vector<uint32_t> keys((size_t)s);
-  parallel_for(groups, 512, [&](int64_t j0, int64_t j1) {
-    for (int64_t j = j0; j < std::min(j0 + kAhead, j1); j++) prefetch(position(j));
-    for (int64_t j = j0; j < j1; j++) {
-      if (j + kAhead < j1) prefetch(position(j + kAhead));
-      keys_at(position(j), &keys[(size_t)(G * j)]);
-    }
-  });
-  std::nth_element(keys.begin(), keys.begin() + (r - 1), keys.end(), std::greater<uint32_t>());
-  *t = keys[(size_t)(r - 1)];
+  for (int64_t j = j0; j < std::min(j0 + kAhead, j1); j++) prefetch(position(j));
+  for (int64_t j = j0; j < j1; j++) {
+    if (j + kAhead < j1) prefetch(position(j + kAhead));
+    keys_at(position(j), keys_.get() + kSampleGroup * j);
+  }
+}
+
+uint32_t BoundSample::bound() {
+  uint32_t* k = keys_.get();
+  std::nth_element(k, k + (rank_ - 1), k + groups_ * kSampleGroup, std::greater<uint32_t>());
+  return k[rank_ - 1];
+}
+
+bool sampled_bound(int64_t n, int64_t k, const KeysAt& keys_at, const Prefetch& prefetch, uint32_t* t) {
+  BoundSample sample(n, k);
+  if (!sample.usable()) return false;
+  parallel_for(sample.groups(), 512, [&](int64_t j0, int64_t j1) { sample.gather(j0, j1, keys_at, prefetch); });
+  *t = sample.bound();
   return true;
 }
 
-int64_t first_nonfinite_backward(const uint32_t* bits, int64_t n) {
+int64_t first_nonfinite_backward(const uint32_t* bits, int64_t n, BoundSample* sample, const KeysAt& keys_at,
+                                 const Prefetch& prefetch) {
   const CpuKernels& K = kernels();
   std::atomic<bool> any{false};
   parallel_for(part_count(n), 1, [&](int64_t p0, int64_t p1) {
-    for (int64_t p = p1 - 1; p >= p0 && !any.load(std::memory_order_relaxed); p--)
-      if (K.find_nonfinite(bits, part_begin(p), part_end(p, n)) >= 0) any = true;
+    for (int64_t p = p1 - 1; p >= p0 && !any.load(std::memory_order_relaxed); p--) {
+      const int64_t b = part_begin(p), e = part_end(p, n);
+      if (K.find_nonfinite(bits, b, e) >= 0) any = true;
+      else if (sample) sample->gather(sample->first_group_at_or_after(b), sample->first_group_at_or_after(e), keys_at, prefetch);
+    }
   });
   return any ? first_nan(bits, n, true) : -1;
 }

@@ -47,15 +47,35 @@ bool bound_forced_short();
 // The sample: groups of kSampleGroup adjacent elements (one cache line when aligned) at evenly
 // spread positions. keys_at(i, out) writes the keys of elements [i, i + kSampleGroup) to out;
 // prefetch(i) is called a few groups ahead (scattered reads: overlap the cache and TLB misses).
-// Returns false when the sample cannot give a useful bound (k too large for the sample size).
 constexpr int64_t kSampleGroup = 16;
-bool sampled_bound(int64_t n, int64_t k, const std::function<void(int64_t, uint32_t*)>& keys_at,
-                   const std::function<void(int64_t)>& prefetch, uint32_t* t);
+using KeysAt = std::function<void(int64_t, uint32_t*)>;
+using Prefetch = std::function<void(int64_t)>;
+
+class BoundSample {
+ public:
+  BoundSample(int64_t n, int64_t k);
+  bool usable() const { return groups_ > 0; }  // false: k too large for a useful bound
+  int64_t groups() const { return groups_; }
+  int64_t position(int64_t j) const;
+  int64_t first_group_at_or_after(int64_t i) const;  // groups [f(b), f(e)) start in [b, e)
+  // Fills the keys of groups [j0, j1) (any thread; disjoint ranges).
+  void gather(int64_t j0, int64_t j1, const KeysAt& keys_at, const Prefetch& prefetch);
+  uint32_t bound();  // once every group is gathered: the threshold
+
+ private:
+  int64_t n_ = 0, groups_ = 0, rank_ = 0;
+  std::unique_ptr<uint32_t[]> keys_;
+};
+
+// The threshold from a sample gathered on every worker. Returns false when !usable().
+bool sampled_bound(int64_t n, int64_t k, const KeysAt& keys_at, const Prefetch& prefetch, uint32_t* t);
 
 // The lowest index of a NaN or Inf in bits[0, n), or -1. Each worker scans its range from the end
 // back to the start, so that the start of its range, where the pass that follows begins, is still
-// in the last-level cache.
-int64_t first_nonfinite_backward(const uint32_t* bits, int64_t n);
+// in the last-level cache. With `sample`, each part's sample groups are gathered right after the
+// part is scanned (their scattered reads overlap the streaming scan).
+int64_t first_nonfinite_backward(const uint32_t* bits, int64_t n, BoundSample* sample, const KeysAt& keys_at,
+                                 const Prefetch& prefetch);
 
 struct Candidates {
   std::unique_ptr<uint32_t[]> bits;
