@@ -153,12 +153,13 @@ static void sampled_suite(std::mt19937_64& rng) {
 
 // sent + residual == accumulated v exactly, on a reference of the update done here in float
 // n >= 2^20 with k <= n/64 takes the sampled-bound path (candidates collected by the update).
+static const int64_t kBoundN = (int64_t)1 << 20;
 static void dgc_suite(std::mt19937_64& rng, int64_t n, int64_t k) {
   std::normal_distribution<float> normal(0.0f, 1.0f);
   for (int feedback = 0; feedback <= 2; feedback++)
     for (int nesterov = 0; nesterov <= (feedback == 2); nesterov++)
-      for (int half = 0; half <= 1; half++)
-        for (int sampled = 0; sampled <= 1; sampled++) {
+      for (int half = 0; half <= (n < kBoundN); half++)  // large n: the bound's path, F32 and exact only
+        for (int sampled = 0; sampled <= (n < kBoundN); sampled++) {
           std::vector<float> g((size_t)n), u((size_t)n), v((size_t)n);
           for (int64_t i = 0; i < n; i++) g[i] = normal(rng), u[i] = normal(rng) * 0.1f, v[i] = normal(rng) * 0.5f;
           const float m = 0.9f, clip = (float)(0.65 * sqrt((double)n));
@@ -251,6 +252,8 @@ static void bound_suite(std::mt19937_64& rng) {
     const std::vector<int64_t> full = reference(x, n / 64, order);
     const int64_t ks[] = {1, 7, n / 1000, n / 100, n / 64};
     for (int64_t k : ks) check_topk(x, k, order, "bound gaussian", &full);
+    setenv("QKERN_TOPK_BOUND", "retry", 1);
+    check_topk(x, n / 1000, order, "bound forced retry", &full);
     setenv("QKERN_TOPK_BOUND", "fallback", 1);
     check_topk(x, n / 1000, order, "bound forced fallback", &full);
     setenv("QKERN_TOPK_BOUND", "off", 1);
@@ -281,8 +284,8 @@ static void bound_suite(std::mt19937_64& rng) {
   check_topk(den, 3000, QK_TOPK_MAGNITUDE, "bound denormals");
   // NaN: found whether its key is above the threshold (magnitude, +NaN largest) or below it
   // (-NaN in the largest order), and with the bound's fallback forced
-  for (int mode = 0; mode < 2; mode++) {
-    if (mode) setenv("QKERN_TOPK_BOUND", "fallback", 1);
+  for (int mode = 0; mode < 3; mode++) {
+    if (mode) setenv("QKERN_TOPK_BOUND", mode == 1 ? "retry" : "fallback", 1);
     for (int order = 0; order < 3; order++) {
       std::vector<float> w = x;
       w[1500000] = -nanf("");
@@ -308,8 +311,8 @@ static void dgc_bound_edges(std::mt19937_64& rng) {
   qk_tensor tg = flat(g.data(), QK_F32, n, 4), tu = flat(u.data(), QK_F32, n, 4), tv = flat(v.data(), QK_F32, n, 4),
             ti = flat(idx.data(), QK_I64, k, 8), tval = flat(val.data(), QK_F32, k, 4);
   // 0 bound (sample gathered by the finite check), 1 forced fallback, 2 all equal (too many
-  // candidates), 3 without the finite check (sample gathered on its own)
-  for (int mode = 0; mode < 4; mode++) {
+  // candidates), 3 without the finite check (sample gathered on its own), 4 forced retry
+  for (int mode = 0; mode < 5; mode++) {
     for (int64_t i = 0; i < n; i++) {
       g[i] = mode == 2 ? 0.5f : normal(rng);
       u[i] = mode == 2 ? 0.0f : normal(rng) * 0.1f;
@@ -321,6 +324,7 @@ static void dgc_bound_edges(std::mt19937_64& rng) {
       ev[i] = ev[i] + (mu + g[i]);
     }
     if (mode == 1) setenv("QKERN_TOPK_BOUND", "fallback", 1);
+    if (mode == 4) setenv("QKERN_TOPK_BOUND", "retry", 1);
     std::fill(idx.begin(), idx.end(), (int64_t)0x7f7f7f7f);
     int64_t selected = -1;
     CHECK(qk_dgc_step(&tg, &tu, &tv, k, 2, 0.9f, 0.0f, mode == 3 ? QK_DGC_SKIP_FINITE_CHECK : 0, 0.0, 0, &ti, &tval,

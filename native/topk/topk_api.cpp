@@ -277,7 +277,7 @@ QK_API qk_status qk_dgc_step(const qk_tensor* grad, const qk_tensor* u, const qk
     if (bounded && !gathered)
       parallel_for(sample.groups(), 512,
                    [&](int64_t j0, int64_t j1) { sample.gather(j0, j1, sample_keys, sample_prefetch); });
-    const uint32_t t = bounded ? std::min(sample.bound(), 0x7f800000u) : 0u;
+    const uint32_t t = bounded ? std::min(sample.bound(0), 0x7f800000u) : 0u;
     std::vector<uint32_t> hist;
     Candidates cand;
     bool suspicious = false;  // may hold a non-finite v
@@ -330,11 +330,25 @@ QK_API qk_status qk_dgc_step(const qk_tensor* grad, const qk_tensor* u, const qk
     qk_status st;
     if (sampled)
       st = select_sampled(vb, n, k, sample_ratio, seed, ob.get(), oi.get(), &selected, &bad);
-    else if (bounded && !cand.overflow && cand.count >= k && !bound_forced_short())
+    else if (bounded && !cand.overflow && cand.count >= k && !bound_forced_short(0))
       st = select_radix(cand.bits.get(), cand.index.get(), cand.count, k, kMagnitude, nullptr, ob.get(), oi.get(),
                         &bad);
-    else
-      st = select_radix(vb, nullptr, n, k, kMagnitude, bounded ? nullptr : hist.data(), ob.get(), oi.get(), &bad);
+    else if (!bounded)
+      st = select_radix(vb, nullptr, n, k, kMagnitude, hist.data(), ob.get(), oi.get(), &bad);
+    else {
+      // too few candidates: one retry over v with a lower threshold (v is finite by now); too
+      // many, or too few again: radix passes over v
+      const bool too_few = !cand.overflow;
+      cand = Candidates();
+      Candidates retry;
+      bool nan = false;
+      if (too_few) retry = collect_above(vb, n, k, kMagnitude, std::min(sample.bound(1), 0x7f800000u), &nan);
+      if (too_few && !retry.overflow && retry.count >= k && !bound_forced_short(1))
+        st = select_radix(retry.bits.get(), retry.index.get(), retry.count, k, kMagnitude, nullptr, ob.get(), oi.get(),
+                          &bad);
+      else
+        st = select_radix(vb, nullptr, n, k, kMagnitude, nullptr, ob.get(), oi.get(), &bad);
+    }
     if (st == QK_ERR_NON_FINITE)
       return fail(QK_ERR_INTERNAL, "%s: v[%lld] is NaN after the finite check (a qkern bug)", fn, (long long)bad);
     QK_TRY(st);

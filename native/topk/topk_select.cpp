@@ -15,8 +15,9 @@
 // ~24n/k sampled keys so that very likely a few times k keys are >= t. One compare pass (memory
 // speed) collects those candidates in index order; with at least k of them the exact top-k is
 // among them (every key >= t is there, ties included) and the radix passes run on the small
-// candidate set only. With fewer than k, or too many (ties, zeros), the radix passes run over
-// everything: the bound changes the speed, never the result.
+// candidate set only. With fewer than k, one retry with a lower threshold; with fewer than k
+// again, or too many (ties, zeros), the radix passes run over everything: the bound changes the
+// speed, never the result.
 #include "topk/topk_select.h"
 
 #include <string.h>
@@ -78,18 +79,22 @@ namespace {
 constexpr int64_t kBoundMinN = (int64_t)1 << 20;
 constexpr int64_t kCollectBlock = (int64_t)1 << 14;
 
-int bound_mode() {  // 0 on, 1 off, 2 forced fallback (QKERN_TOPK_BOUND, a test hook)
+int bound_mode() {  // 0 on, 1 off, 2 first attempt short, 3 all short (QKERN_TOPK_BOUND, a test hook)
   const char* env = getenv("QKERN_TOPK_BOUND");
   if (!env) return 0;
   if (!strcmp(env, "off")) return 1;
-  if (!strcmp(env, "fallback")) return 2;
+  if (!strcmp(env, "retry")) return 2;
+  if (!strcmp(env, "fallback")) return 3;
   return 0;
 }
 
 }  // namespace
 
 bool bound_applies(int64_t n, int64_t k) { return n >= kBoundMinN && k > 0 && k <= n / 64 && bound_mode() != 1; }
-bool bound_forced_short() { return bound_mode() == 2; }
+bool bound_forced_short(int attempt) {
+  const int mode = bound_mode();
+  return mode == 3 || (mode == 2 && attempt == 0);
+}
 
 BoundSample::BoundSample(int64_t n, int64_t k) : n_(n) {
   // ~24 expected sample keys among the top k: the threshold rank sits 4 standard deviations
@@ -131,18 +136,36 @@ void BoundSample::gather(int64_t j0, int64_t j1, const KeysAt& keys_at, const Pr
   }
 }
 
-uint32_t BoundSample::bound() {
+uint32_t BoundSample::bound(int attempt) {
   uint32_t* k = keys_.get();
-  std::nth_element(k, k + (rank_ - 1), k + groups_ * kSampleGroup, std::greater<uint32_t>());
-  return k[rank_ - 1];
+  const int64_t s = groups_ * kSampleGroup;
+  const int64_t rank = attempt == 0 ? rank_ : std::min(s, 8 * rank_);
+  std::nth_element(k, k + (rank - 1), k + s, std::greater<uint32_t>());
+  return k[rank - 1];
 }
 
 bool sampled_bound(int64_t n, int64_t k, const KeysAt& keys_at, const Prefetch& prefetch, uint32_t* t) {
   BoundSample sample(n, k);
   if (!sample.usable()) return false;
   parallel_for(sample.groups(), 512, [&](int64_t j0, int64_t j1) { sample.gather(j0, j1, keys_at, prefetch); });
-  *t = sample.bound();
+  *t = sample.bound(0);
   return true;
+}
+
+Candidates collect_above(const uint32_t* bits, int64_t n, int64_t k, int order, uint32_t t, bool* nan_seen) {
+  const CpuKernels& K = kernels();
+  std::atomic<bool> nan{false};
+  Candidates c = collect_candidates(
+      n, n / 16, 2 * k,
+      [&](int64_t b, int64_t e, uint32_t* ob, int64_t* oi) {
+        bool seen = false;
+        const int64_t w = K.collect(bits, b, e, order, t, ob, oi, &seen);
+        if (seen) nan = true;
+        return w;
+      },
+      nullptr);
+  if (nan) *nan_seen = true;
+  return c;
 }
 
 int64_t first_nonfinite_backward(const uint32_t* bits, int64_t n, BoundSample* sample, const KeysAt& keys_at,
@@ -237,34 +260,32 @@ qk_status select_exact(const uint32_t* bits, const int64_t* src_index, int64_t n
                        const uint32_t* hist0, uint32_t* out_bits, int64_t* out_index, int64_t* nan_index) {
   *nan_index = -1;
   if (k <= 0 || n <= 0) return QK_OK;
-  uint32_t t = 0;
-  if (!src_index && !hist0 && bound_applies(n, k) &&
-      sampled_bound(
-          n, k,
-          [&](int64_t i, uint32_t* out) {
-            for (int j = 0; j < kSampleGroup; j++) out[j] = key_of(bits[i + j], order);
-          },
-          [&](int64_t i) { __builtin_prefetch(bits + i); }, &t)) {
-    const CpuKernels& K = kernels();
-    std::atomic<bool> nan{false};
-    Candidates c = collect_candidates(
-        n, n / 16, 2 * k,
-        [&](int64_t b, int64_t e, uint32_t* ob, int64_t* oi) {
-          bool seen = false;
-          const int64_t w = K.collect(bits, b, e, order, t, ob, oi, &seen);
-          if (seen) nan = true;
-          return w;
-        },
-        nullptr);
-    if (nan) {
-      const int64_t bad = first_nan(bits, n, false);
-      if (bad >= 0) {
-        *nan_index = bad;
-        return QK_ERR_NON_FINITE;
+  if (!src_index && !hist0 && bound_applies(n, k)) {
+    BoundSample sample(n, k);
+    if (sample.usable()) {
+      parallel_for(sample.groups(), 512, [&](int64_t j0, int64_t j1) {
+        sample.gather(
+            j0, j1,
+            [&](int64_t i, uint32_t* out) {
+              for (int j = 0; j < kSampleGroup; j++) out[j] = key_of(bits[i + j], order);
+            },
+            [&](int64_t i) { __builtin_prefetch(bits + i); });
+      });
+      for (int attempt = 0; attempt < kBoundAttempts; attempt++) {
+        bool nan = false;
+        Candidates c = collect_above(bits, n, k, order, sample.bound(attempt), &nan);
+        if (nan) {
+          const int64_t bad = first_nan(bits, n, false);
+          if (bad >= 0) {
+            *nan_index = bad;
+            return QK_ERR_NON_FINITE;
+          }
+        }
+        if (c.overflow) break;
+        if (c.count >= k && !bound_forced_short(attempt))
+          return select_radix(c.bits.get(), c.index.get(), c.count, k, order, nullptr, out_bits, out_index, nan_index);
       }
     }
-    if (!c.overflow && c.count >= k && !bound_forced_short())
-      return select_radix(c.bits.get(), c.index.get(), c.count, k, order, nullptr, out_bits, out_index, nan_index);
   }
   return select_radix(bits, src_index, n, k, order, hist0, out_bits, out_index, nan_index);
 }

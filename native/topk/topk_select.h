@@ -38,11 +38,16 @@ qk_status select_radix(const uint32_t* bits, const int64_t* src_index, int64_t n
 // there are at least k of them the exact top-k lies among them (every key >= t is there, ties
 // included), otherwise the caller falls back to select_radix over everything.
 
-// Whether the bound is worth trying for n elements and k results. The test hook environment
-// variable QKERN_TOPK_BOUND=off disables the bound; =fallback makes bound_short() true, so every
-// bounded selection takes its fallback after the collection pass.
+// A count short of k usually means the sample was unlucky or the data clustered: one retry with a
+// threshold from a rank 8x lower (one more compare pass) before the radix passes over everything.
+constexpr int kBoundAttempts = 2;
+
+// Whether the bound is worth trying for n elements and k results. Test hook: the environment
+// variable QKERN_TOPK_BOUND=off disables the bound; =retry makes the first attempt's count count
+// as short (so the retry runs); =fallback makes every attempt short (so the radix passes over
+// everything run after the collection passes).
 bool bound_applies(int64_t n, int64_t k);
-bool bound_forced_short();
+bool bound_forced_short(int attempt);
 
 // The sample: groups of kSampleGroup adjacent elements (one cache line when aligned) at evenly
 // spread positions. keys_at(i, out) writes the keys of elements [i, i + kSampleGroup) to out;
@@ -60,7 +65,7 @@ class BoundSample {
   int64_t first_group_at_or_after(int64_t i) const;  // groups [f(b), f(e)) start in [b, e)
   // Fills the keys of groups [j0, j1) (any thread; disjoint ranges).
   void gather(int64_t j0, int64_t j1, const KeysAt& keys_at, const Prefetch& prefetch);
-  uint32_t bound();  // once every group is gathered: the threshold
+  uint32_t bound(int attempt);  // once every group is gathered: the threshold of that attempt
 
  private:
   int64_t n_ = 0, groups_ = 0, rank_ = 0;
@@ -90,6 +95,10 @@ struct Candidates {
 Candidates collect_candidates(int64_t n, int64_t cap, int64_t expected,
                               const std::function<int64_t(int64_t, int64_t, uint32_t*, int64_t*)>& range,
                               const std::function<void(int64_t, int64_t)>& rest);
+
+// Every element of bits[0, n) with key >= t as (bits, index), in index order, collected on every
+// worker (overflow past n/16). Sets *nan_seen when bits holds a NaN (unless overflow stopped it).
+Candidates collect_above(const uint32_t* bits, int64_t n, int64_t k, int order, uint32_t t, bool* nan_seen);
 
 // DGC sampled-threshold selection by magnitude (approximate; see qk_topk_sampled in qkern.h).
 // Writes *selected (<= k) real pairs in ascending index order to out_bits/out_index.
