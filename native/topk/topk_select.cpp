@@ -11,7 +11,7 @@
 // lowest index). Per-part counts from the histograms give every part its exact output offset,
 // so parts write in parallel without atomics and the output is deterministic.
 //
-// Large inputs (n >= 2^20, k <= n/64) first try a sampled lower bound: a threshold t taken from
+// Large inputs (n >= 2^18, k <= n/64) first try a sampled lower bound: a threshold t taken from
 // ~16n/k sampled keys so that very likely a few times k keys are >= t. One compare pass (memory
 // speed) collects those candidates in index order; with at least k of them the exact top-k is
 // among them (every key >= t is there, ties included) and the radix passes run on the small
@@ -76,7 +76,7 @@ namespace {
 
 // The bound pays for its sample only on large inputs, and only while the candidates (a few
 // times k) stay a small fraction of n.
-constexpr int64_t kBoundMinN = (int64_t)1 << 20;
+constexpr int64_t kBoundMinN = (int64_t)1 << 18;
 constexpr int64_t kCollectBlock = (int64_t)1 << 14;
 
 int bound_mode() {  // 0 on, 1 off, 2 first attempt short, 3 all short (QKERN_TOPK_BOUND, a test hook)

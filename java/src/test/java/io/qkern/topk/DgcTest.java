@@ -106,13 +106,13 @@ class DgcTest {
     }
 
     /**
-     * A tensor of at least 2^20 elements takes the sampled bound: the update collects the
+     * A tensor of at least 2^18 elements takes the sampled bound: the update collects the
      * candidates above a sampled threshold on |v| (the sample gathered during the finite check,
      * or on its own without it). Same exact selection and invariant as on small tensors.
      */
     @Test
     void largeTensorsSelectExactlyThroughTheBound() {
-        int n = (1 << 20) + 7, k = 1000;
+        int n = (1 << 18) + 7, k = 1000;
         float m = 0.9f;
         for (String path : CpuPaths.available()) {
             Qkern.setCpuPath(path);
