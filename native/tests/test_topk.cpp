@@ -310,12 +310,13 @@ static void dgc_bound_edges(std::mt19937_64& rng) {
   qk_tensor tg = flat(g.data(), QK_F32, n, 4), tu = flat(u.data(), QK_F32, n, 4), tv = flat(v.data(), QK_F32, n, 4),
             ti = flat(idx.data(), QK_I64, k, 8), tval = flat(val.data(), QK_F32, k, 4);
   // 0 bound (sample gathered by the finite check), 1 forced fallback, 2 all equal (too many
-  // candidates), 3 without the finite check (sample gathered on its own), 4 forced retry
-  for (int mode = 0; mode < 5; mode++) {
+  // candidates), 3 without the finite check (sample gathered on its own), 4 forced retry,
+  // 5 mostly zeros (fewer non-zeros than k: no bound)
+  for (int mode = 0; mode < 6; mode++) {
     for (int64_t i = 0; i < n; i++) {
-      g[i] = mode == 2 ? 0.5f : normal(rng);
-      u[i] = mode == 2 ? 0.0f : normal(rng) * 0.1f;
-      v[i] = mode == 2 ? 0.0f : normal(rng);
+      g[i] = mode == 2 ? 0.5f : (mode == 5 ? (i % 701 == 3 ? normal(rng) : 0.0f) : normal(rng));
+      u[i] = mode == 2 || mode == 5 ? 0.0f : normal(rng) * 0.1f;
+      v[i] = mode == 2 || mode == 5 ? 0.0f : normal(rng);
     }
     std::vector<float> ev = v;
     for (int64_t i = 0; i < n; i++) {
@@ -361,6 +362,17 @@ static void dgc_bound_edges(std::mt19937_64& rng) {
         "grad inf unchecked");
   CHECK(bad == 200001 && strstr(qk_last_error(), "grad[200001] is -Inf; u and v have been updated") != NULL, "%s",
         qk_last_error());
+  // ... also when the candidates overflow (all equal) before the Inf is reached
+  for (int64_t i = 0; i < n; i++) g[i] = 0.5f, u[i] = 0.0f, v[i] = 0.0f;
+  g[250003] = INFINITY;
+  bad = -1;
+  CHECK(qk_dgc_step(&tg, &tu, &tv, k, 2, 0.9f, 0.0f, QK_DGC_SKIP_FINITE_CHECK, 0.0, 0, &ti, &tval, NULL, &bad, NULL) ==
+            QK_ERR_NON_FINITE,
+        "grad inf unchecked, overflow");
+  CHECK(bad == 250003 && strstr(qk_last_error(), "grad[250003] is +Inf; u and v have been updated") != NULL, "%s",
+        qk_last_error());
+  g[250003] = 0.5f;
+  g[200001] = -INFINITY;
   // ... and with the check: state untouched
   for (int64_t i = 0; i < n; i++) u[i] = 2.0f, v[i] = 3.0f;
   CHECK(qk_dgc_step(&tg, &tu, &tv, k, 2, 0.9f, 0.0f, 0, 0.0, 0, &ti, &tval, NULL, &bad, NULL) == QK_ERR_NON_FINITE,

@@ -236,7 +236,7 @@ QK_API qk_status qk_dgc_step(const qk_tensor* grad, const qk_tensor* u, const qk
     };
     const bool try_bound = !sampled && bound_applies(n, k);
     BoundSample sample(try_bound ? n : 0, k);
-    const bool bounded = try_bound && sample.usable();
+    bool bounded = try_bound && sample.usable();
     bool gathered = false;
 
     // 1. NaN/Inf scan of grad (before anything is written), fused with the clipping norm when
@@ -278,23 +278,28 @@ QK_API qk_status qk_dgc_step(const qk_tensor* grad, const qk_tensor* u, const qk
       parallel_for(sample.groups(), 512,
                    [&](int64_t j0, int64_t j1) { sample.gather(j0, j1, sample_keys, sample_prefetch); });
     const uint32_t t = bounded ? std::min(sample.bound(0), 0x7f800000u) : 0u;
+    if (t == 0) bounded = false;  // mostly zeros: every element would be a candidate
     std::vector<uint32_t> hist;
     Candidates cand;
     bool suspicious = false;  // may hold a non-finite v
     if (bounded) {
+      // Non-finite v_new: among each block's new candidates (t <= Inf's key); once collection has
+      // stopped (too many candidates), found by a scan of the block just written (still in cache).
+      std::atomic<bool> nonfinite{false};
       cand = collect_candidates(
           n, n / 16, 2 * k,
           [&](int64_t b, int64_t e, uint32_t* ob, int64_t* oi) {
-            return K.dgc_update_collect(g, uu, vv, b, e, feedback, nesterov, momentum, scaled, scale, t, ob, oi);
+            const int64_t w =
+                K.dgc_update_collect(g, uu, vv, b, e, feedback, nesterov, momentum, scaled, scale, t, ob, oi);
+            for (int64_t j = 0; j < w; j++)
+              if ((ob[j] & 0x7fffffffu) >= 0x7f800000u) nonfinite = true;
+            return w;
           },
           [&](int64_t b, int64_t e) {
             K.dgc_update(g, uu, vv, b, e, feedback, nesterov, momentum, scaled, scale, nullptr);
+            if (K.find_nonfinite(reinterpret_cast<const uint32_t*>(vv), b, e) >= 0) nonfinite = true;
           });
-      if (cand.overflow) {
-        suspicious = true;
-      } else {
-        for (int64_t j = 0; j < cand.count && !suspicious; j++) suspicious = (cand.bits[j] & 0x7fffffffu) >= 0x7f800000u;
-      }
+      suspicious = nonfinite;
     } else {
       hist.assign((size_t)(parts * kBins), 0u);
       parallel_for(parts, 1, [&](int64_t p0, int64_t p1) {
@@ -342,8 +347,9 @@ QK_API qk_status qk_dgc_step(const qk_tensor* grad, const qk_tensor* u, const qk
       cand = Candidates();
       Candidates retry;
       bool nan = false;
-      if (too_few) retry = collect_above(vb, n, k, kMagnitude, std::min(sample.bound(1), 0x7f800000u), &nan);
-      if (too_few && !retry.overflow && retry.count >= k && !bound_forced_short(1))
+      const uint32_t t1 = too_few ? std::min(sample.bound(1), 0x7f800000u) : 0u;
+      if (t1 > 0) retry = collect_above(vb, n, k, kMagnitude, t1, &nan);
+      if (t1 > 0 && !retry.overflow && retry.count >= k && !bound_forced_short(1))
         st = select_radix(retry.bits.get(), retry.index.get(), retry.count, k, kMagnitude, nullptr, ob.get(), oi.get(),
                           &bad);
       else

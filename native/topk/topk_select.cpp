@@ -281,8 +281,10 @@ qk_status select_exact(const uint32_t* bits, const int64_t* src_index, int64_t n
             [&](int64_t i) { __builtin_prefetch(bits + i); });
       });
       for (int attempt = 0; attempt < kBoundAttempts; attempt++) {
+        const uint32_t t = sample.bound(attempt);
+        if (t == 0) break;  // every element would be a candidate
         bool nan = false;
-        Candidates c = collect_above(bits, n, k, order, sample.bound(attempt), &nan);
+        Candidates c = collect_above(bits, n, k, order, t, &nan);
         if (nan) {
           const int64_t bad = first_nan(bits, n, false);
           if (bad >= 0) {
