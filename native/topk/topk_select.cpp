@@ -99,11 +99,12 @@ bool bound_forced_short(int attempt) {
 BoundSample::BoundSample(int64_t n, int64_t k) : n_(n) {
   // ~16 expected sample keys among the top k; the threshold rank r = e + 4 sqrt(e) + 4 sits 4
   // standard deviations above that, so the bound falls short of k with probability ~1e-4 on
-  // unstructured data, and the candidates are ~2.3k. The sample costs ~0.15-0.3 ms (cold
-  // scattered reads, prefetched, on every worker), a few percent of a pass over 1e7 elements.
+  // unstructured data, and the candidates are ~2.3k (at least 16384 samples: tighter for larger
+  // k, e.g. ~1.3k at k = 1%). The sample costs ~0.15-0.3 ms (cold scattered reads, prefetched,
+  // on every worker), a few percent of a pass over 1e7 elements.
   constexpr int64_t G = kSampleGroup;
   if (k <= 0 || n < 32 * G) return;
-  int64_t s = (int64_t)std::min(32768.0, std::max(4096.0, 16.0 * (double)n / (double)k));
+  int64_t s = (int64_t)std::min(32768.0, std::max(16384.0, 16.0 * (double)n / (double)k));
   s = std::min(s, n / 32) / G * G;
   const double e = (double)s * (double)k / (double)n;
   const int64_t r = (int64_t)std::ceil(e + 4.0 * std::sqrt(e) + 4.0);
