@@ -185,8 +185,11 @@ int64_t first_nonfinite_backward(const uint32_t* bits, int64_t n, BoundSample* s
   parallel_for(part_count(n), 1, [&](int64_t p0, int64_t p1) {
     for (int64_t p = p1 - 1; p >= p0 && !any.load(std::memory_order_relaxed); p--) {
       const int64_t b = part_begin(p), e = part_end(p, n);
+      const int64_t j0 = sample ? sample->first_group_at_or_after(b) : 0;
+      const int64_t j1 = sample ? sample->first_group_at_or_after(e) : 0;
+      for (int64_t j = j0; j < j1; j++) prefetch(sample->position(j));  // arrives during the scan
       if (K.find_nonfinite(bits, b, e) >= 0) any = true;
-      else if (sample) sample->gather(sample->first_group_at_or_after(b), sample->first_group_at_or_after(e), keys_at, prefetch);
+      else if (sample) sample->gather(j0, j1, keys_at, prefetch);
     }
   });
   return any ? first_nan(bits, n, true) : -1;

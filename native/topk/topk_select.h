@@ -77,8 +77,8 @@ bool sampled_bound(int64_t n, int64_t k, const KeysAt& keys_at, const Prefetch& 
 
 // The lowest index of a NaN or Inf in bits[0, n), or -1. Each worker scans its range from the end
 // back to the start, so that the start of its range, where the pass that follows begins, is still
-// in the last-level cache. With `sample`, each part's sample groups are gathered right after the
-// part is scanned (their scattered reads overlap the streaming scan).
+// in the last-level cache. With `sample`, each part's sample groups are prefetched before the part
+// is scanned and gathered after it (their scattered reads overlap the streaming scan).
 int64_t first_nonfinite_backward(const uint32_t* bits, int64_t n, BoundSample* sample, const KeysAt& keys_at,
                                  const Prefetch& prefetch);
 
