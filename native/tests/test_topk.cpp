@@ -2,6 +2,7 @@
 // sort-based reference on awkward inputs, the sampled selection's contract, the DGC step's
 // invariant (sent + residual == accumulated, exactly), decompression, and bad arguments.
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <algorithm>
@@ -151,20 +152,20 @@ static void sampled_suite(std::mt19937_64& rng) {
 }
 
 // sent + residual == accumulated v exactly, on a reference of the update done here in float
-static void dgc_suite(std::mt19937_64& rng) {
+// n >= 2^18 with k <= n/64 takes the sampled-bound path (candidates collected by the update).
+static void dgc_suite(std::mt19937_64& rng, int64_t n, int64_t k) {
   std::normal_distribution<float> normal(0.0f, 1.0f);
-  const int64_t n = 600000, k = 600;
   for (int feedback = 0; feedback <= 2; feedback++)
     for (int nesterov = 0; nesterov <= (feedback == 2); nesterov++)
       for (int half = 0; half <= 1; half++)
         for (int sampled = 0; sampled <= 1; sampled++) {
           std::vector<float> g((size_t)n), u((size_t)n), v((size_t)n);
           for (int64_t i = 0; i < n; i++) g[i] = normal(rng), u[i] = normal(rng) * 0.1f, v[i] = normal(rng) * 0.5f;
-          const float m = 0.9f, clip = 500.0f;
-          // the expected accumulation (clip: ||g|| ~ sqrt(n) = 775 > 500)
+          const float m = 0.9f, clip = (float)(0.65 * sqrt((double)n));
+          // the expected accumulation (clip: ||g|| ~ sqrt(n) > clip)
           double ss = 0;
           for (float gi : g) ss += (double)gi * gi;
-          const float scale = (float)(500.0 / sqrt(ss));
+          const float scale = (float)((double)clip / sqrt(ss));
           std::vector<float> eu = u, ev = v;
           for (int64_t i = 0; i < n; i++) {
             float gi = g[i] * scale;
@@ -211,7 +212,7 @@ static void dgc_suite(std::mt19937_64& rng) {
           for (int64_t i = 0; i < n && bad < 5; i++) {
             float total = hit[i] ? sent[i] + v[i] : v[i];
             if (bits_of(total) != bits_of(ev[i]) && !(total == 0 && ev[i] == 0)) {
-              CHECK(false, "fb %d nest %d half %d sampled %d: i=%lld sent+residual %a != %a", feedback, nesterov, half,
+              CHECK(false, "n %lld fb %d nest %d half %d sampled %d: i=%lld sent+residual %a != %a", (long long)n, feedback, nesterov, half,
                     sampled, (long long)i, (double)total, (double)ev[i]);
               bad++;
             }
@@ -236,6 +237,149 @@ static void dgc_suite(std::mt19937_64& rng) {
   CHECK(bad == 54321, "bad %lld", (long long)bad);
   CHECK(strstr(qk_last_error(), "grad[54321] is +Inf") != NULL, "%s", qk_last_error());
   CHECK(u[0] == 2.0f && v[0] == 3.0f && u[69999] == 2.0f, "state changed");
+}
+
+// The sampled bound of exact selection (n >= 2^18, k <= n/64): one compare pass collects the
+// candidates above a threshold from a sample; when they are too many (ties, zeros) or too few
+// (QKERN_TOPK_BOUND=fallback forces this) the selection falls back to radix passes over all.
+static void bound_suite(std::mt19937_64& rng) {
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  const int64_t n = ((int64_t)1 << 18) + 13;
+  std::vector<float> x((size_t)n);
+  for (auto& v : x) v = normal(rng);
+  for (int order = 0; order < 3; order++) {
+    const std::vector<int64_t> full = reference(x, n / 64, order);
+    const int64_t ks[] = {1, 7, n / 1000, n / 100, n / 64};
+    for (int64_t k : ks) check_topk(x, k, order, "bound gaussian", &full);
+    setenv("QKERN_TOPK_BOUND", "retry", 1);
+    check_topk(x, n / 1000, order, "bound forced retry", &full);
+    setenv("QKERN_TOPK_BOUND", "fallback", 1);
+    check_topk(x, n / 1000, order, "bound forced fallback", &full);
+    setenv("QKERN_TOPK_BOUND", "off", 1);
+    check_topk(x, n / 1000, order, "bound off", &full);
+    unsetenv("QKERN_TOPK_BOUND");
+  }
+  // a cluster of large values the sample may or may not see, and ties at the threshold
+  std::vector<float> y = x;
+  for (int64_t i = 177777; i < 177777 + 3000; i++) y[i] = 100.0f + (float)(i % 5);
+  check_topk(y, 2500, QK_TOPK_MAGNITUDE, "bound cluster");
+  check_topk(y, 4000, QK_TOPK_LARGEST, "bound cluster largest");
+  // all equal: every element is a candidate -> too many -> fallback; lowest indices win
+  std::vector<float> eq((size_t)n, -0.25f);
+  check_topk(eq, 1000, QK_TOPK_MAGNITUDE, "bound all-equal");
+  check_topk(eq, 1000, QK_TOPK_SMALLEST, "bound all-equal smallest");
+  // mostly zeros (both signs): fewer non-zeros than k, so the k-th key is zero
+  std::vector<float> z((size_t)n);
+  for (auto& v : z) v = (rng() & 1) ? -0.0f : 0.0f;
+  for (int64_t i = 5; i < n; i += 9001) z[i] = normal(rng);
+  check_topk(z, 1000, QK_TOPK_MAGNITUDE, "bound zeros");
+  check_topk(z, 1000, QK_TOPK_LARGEST, "bound zeros largest");
+  // denormals only
+  std::vector<float> den((size_t)n);
+  for (auto& v : den) {
+    uint32_t b = (uint32_t)(rng() % 0x800000u) | (rng() & 1 ? 0x80000000u : 0u);
+    memcpy(&v, &b, 4);
+  }
+  check_topk(den, 3000, QK_TOPK_MAGNITUDE, "bound denormals");
+  // NaN: found whether its key is above the threshold (magnitude, +NaN largest) or below it
+  // (-NaN in the largest order), and with the bound's fallback forced
+  for (int mode = 0; mode < 3; mode++) {
+    if (mode) setenv("QKERN_TOPK_BOUND", mode == 1 ? "retry" : "fallback", 1);
+    for (int order = 0; order < 3; order++) {
+      std::vector<float> w = x;
+      w[170000] = -nanf("");
+      w[250000] = nanf("");
+      std::vector<int64_t> idx(2000);
+      qk_tensor tw = flat(w.data(), QK_F32, n, 4), ti = flat(idx.data(), QK_I64, 2000, 8);
+      int64_t bad = -5;
+      CHECK(qk_topk(&tw, 2000, order, 0, &ti, NULL, &bad, NULL) == QK_ERR_NON_FINITE, "bound NaN order %d", order);
+      CHECK(bad == 170000, "bound NaN order %d: bad=%lld", order, (long long)bad);
+    }
+    unsetenv("QKERN_TOPK_BOUND");
+  }
+}
+
+// DGC steps on the bound path's edges: forced fallback, ties everywhere (too many candidates),
+// v overflowing to Inf (a candidate), Inf in grad with the check skipped.
+static void dgc_bound_edges(std::mt19937_64& rng) {
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  const int64_t n = ((int64_t)1 << 18) + 3, k = 1500;
+  std::vector<float> g((size_t)n), u((size_t)n), v((size_t)n);
+  std::vector<int64_t> idx((size_t)k);
+  std::vector<float> val((size_t)k);
+  qk_tensor tg = flat(g.data(), QK_F32, n, 4), tu = flat(u.data(), QK_F32, n, 4), tv = flat(v.data(), QK_F32, n, 4),
+            ti = flat(idx.data(), QK_I64, k, 8), tval = flat(val.data(), QK_F32, k, 4);
+  // 0 bound (sample gathered by the finite check), 1 forced fallback, 2 all equal (too many
+  // candidates), 3 without the finite check (sample gathered on its own), 4 forced retry,
+  // 5 mostly zeros (fewer non-zeros than k: no bound)
+  for (int mode = 0; mode < 6; mode++) {
+    for (int64_t i = 0; i < n; i++) {
+      g[i] = mode == 2 ? 0.5f : (mode == 5 ? (i % 701 == 3 ? normal(rng) : 0.0f) : normal(rng));
+      u[i] = mode == 2 || mode == 5 ? 0.0f : normal(rng) * 0.1f;
+      v[i] = mode == 2 || mode == 5 ? 0.0f : normal(rng);
+    }
+    std::vector<float> ev = v;
+    for (int64_t i = 0; i < n; i++) {
+      float mu = 0.9f * u[i];
+      ev[i] = ev[i] + (mu + g[i]);
+    }
+    if (mode == 1) setenv("QKERN_TOPK_BOUND", "fallback", 1);
+    if (mode == 4) setenv("QKERN_TOPK_BOUND", "retry", 1);
+    std::fill(idx.begin(), idx.end(), (int64_t)0x7f7f7f7f);
+    int64_t selected = -1;
+    CHECK(qk_dgc_step(&tg, &tu, &tv, k, 2, 0.9f, 0.0f, mode == 3 ? QK_DGC_SKIP_FINITE_CHECK : 0, 0.0, 0, &ti, &tval,
+                      &selected, NULL, NULL) == QK_OK,
+          "%s", qk_last_error());
+    unsetenv("QKERN_TOPK_BOUND");
+    std::vector<int64_t> ref = reference(ev, k, QK_TOPK_MAGNITUDE);
+    std::sort(ref.begin(), ref.end());
+    CHECK(selected == k, "selected %lld", (long long)selected);
+    for (int64_t j = 0; j < k; j++) {
+      CHECK(idx[j] == ref[j], "mode %d: idx[%lld] = %lld want %lld", mode, (long long)j, (long long)idx[j],
+            (long long)ref[j]);
+      if (idx[j] != ref[j]) break;
+      CHECK(bits_of(val[j]) == bits_of(ev[ref[j]]) && v[ref[j]] == 0.0f && u[ref[j]] == 0.0f, "mode %d: pair %lld",
+            mode, (long long)j);
+    }
+  }
+  // v overflows to +-Inf at two places: an error naming the lower one
+  for (int64_t i = 0; i < n; i++) g[i] = normal(rng), u[i] = 0.0f, v[i] = normal(rng);
+  v[154321] = 3.0e38f;
+  g[154321] = 3.0e38f;
+  v[200000] = -3.0e38f;
+  g[200000] = -3.0e38f;
+  int64_t bad = -1;
+  CHECK(qk_dgc_step(&tg, &tu, &tv, k, 2, 0.9f, 0.0f, 0, 0.0, 0, &ti, &tval, NULL, &bad, NULL) == QK_ERR_NON_FINITE,
+        "v overflow");
+  CHECK(bad == 154321, "v overflow at %lld", (long long)bad);
+  CHECK(strstr(qk_last_error(), "v[154321] is +Inf after accumulation") != NULL, "%s", qk_last_error());
+  // Inf in grad with the check skipped: still an error naming grad
+  for (int64_t i = 0; i < n; i++) g[i] = normal(rng), u[i] = 0.0f, v[i] = normal(rng);
+  g[200001] = -INFINITY;
+  bad = -1;
+  CHECK(qk_dgc_step(&tg, &tu, &tv, k, 2, 0.9f, 0.0f, QK_DGC_SKIP_FINITE_CHECK, 0.0, 0, &ti, &tval, NULL, &bad, NULL) ==
+            QK_ERR_NON_FINITE,
+        "grad inf unchecked");
+  CHECK(bad == 200001 && strstr(qk_last_error(), "grad[200001] is -Inf; u and v have been updated") != NULL, "%s",
+        qk_last_error());
+  // ... also when the candidates overflow (all equal) before the Inf is reached
+  for (int64_t i = 0; i < n; i++) g[i] = 0.5f, u[i] = 0.0f, v[i] = 0.0f;
+  g[250003] = INFINITY;
+  bad = -1;
+  CHECK(qk_dgc_step(&tg, &tu, &tv, k, 2, 0.9f, 0.0f, QK_DGC_SKIP_FINITE_CHECK, 0.0, 0, &ti, &tval, NULL, &bad, NULL) ==
+            QK_ERR_NON_FINITE,
+        "grad inf unchecked, overflow");
+  CHECK(bad == 250003 && strstr(qk_last_error(), "grad[250003] is +Inf; u and v have been updated") != NULL, "%s",
+        qk_last_error());
+  g[250003] = 0.5f;
+  g[200001] = -INFINITY;
+  // ... and with the check: state untouched
+  for (int64_t i = 0; i < n; i++) u[i] = 2.0f, v[i] = 3.0f;
+  CHECK(qk_dgc_step(&tg, &tu, &tv, k, 2, 0.9f, 0.0f, 0, 0.0, 0, &ti, &tval, NULL, &bad, NULL) == QK_ERR_NON_FINITE,
+        "grad inf");
+  bool same = true;
+  for (int64_t i = 0; i < n; i++) same &= u[i] == 2.0f && v[i] == 3.0f;
+  CHECK(same && bad == 200001, "state changed or bad %lld", (long long)bad);
 }
 
 static void decompress_suite() {
@@ -279,7 +423,9 @@ int main() {
     exact_suite(rng);
     nan_is_an_error();
     sampled_suite(rng);
-    dgc_suite(rng);
+    dgc_suite(rng, 600000, 600);
+    bound_suite(rng);
+    dgc_bound_edges(rng);
   }
   qk_cpu_set_path("auto");
   decompress_suite();

@@ -213,10 +213,46 @@ QK_API qk_status qk_dgc_step(const qk_tensor* grad, const qk_tensor* u, const qk
     float* vv = static_cast<float*>(v->data);
     const int64_t parts = part_count(n);
 
-    // 1. NaN/Inf scan of grad fused with the clipping norm (before anything is written)
+    // The bound for exact selection on a large tensor: a threshold t on |v_new| from a sample
+    // (v_new computed at the sample positions without writing); the update then collects every
+    // element with |v_new| >= t as a candidate. t <= Inf's key, so every non-finite v_new is a
+    // candidate. Otherwise (sampled selection, small tensors, k a large fraction of n) the update
+    // histograms |v_new| for the first radix pass.
+    const bool nesterov = with_u && (flags & QK_DGC_NESTEROV);
     bool scaled = false;
     float scale = 1.0f;
-    if (!(flags & QK_DGC_SKIP_FINITE_CHECK) || clip_norm > 0.0f) {
+    const KeysAt sample_keys = [&](int64_t i, uint32_t* out) {
+      for (int j = 0; j < kSampleGroup; j++) {
+        const float gi = scaled ? g[i + j] * scale : g[i + j];
+        float ui = with_u ? uu[i + j] : 0.0f, vi = vv[i + j];
+        dgc_accumulate(gi, ui, vi, feedback, nesterov, momentum);
+        out[j] = f32_bits(vi) & 0x7fffffffu;
+      }
+    };
+    const Prefetch sample_prefetch = [&](int64_t i) {
+      __builtin_prefetch(g + i);
+      __builtin_prefetch(vv + i);
+      if (with_u) __builtin_prefetch(uu + i);
+    };
+    const bool try_bound = !sampled && bound_applies(n, k);
+    BoundSample sample(try_bound ? n : 0, k);
+    bool bounded = try_bound && sample.usable();
+    bool gathered = false;
+
+    // 1. NaN/Inf scan of grad (before anything is written), fused with the clipping norm when
+    // there is one. Without clipping: a plain exponent test at memory speed, run backwards so the
+    // update pass finds the start of each worker's range of grad still in cache, with the sample
+    // gathered part by part on the side
+    if (clip_norm == 0.0f && !(flags & QK_DGC_SKIP_FINITE_CHECK)) {
+      const int64_t bad = first_nonfinite_backward(reinterpret_cast<const uint32_t*>(g), n,
+                                                   bounded ? &sample : nullptr, sample_keys, sample_prefetch);
+      if (bad >= 0) {
+        if (nonfinite_index) *nonfinite_index = bad;
+        return fail(QK_ERR_NON_FINITE, "%s: grad[%lld] is %s; u and v are unchanged", fn, (long long)bad,
+                    nonfinite_name(f32_bits(g[bad])));
+      }
+      gathered = bounded;
+    } else if (clip_norm > 0.0f) {
       std::vector<double> sums((size_t)parts);
       std::vector<int64_t> bad((size_t)parts);
       parallel_for(parts, 1, [&](int64_t p0, int64_t p1) {
@@ -237,17 +273,43 @@ QK_API qk_status qk_dgc_step(const qk_tensor* grad, const qk_tensor* u, const qk
       }
     }
 
-    // 2. the fused update, with the first radix pass's histogram of |v| on the side
-    std::vector<uint32_t> hist((size_t)(parts * kBins), 0u);
-    const bool nesterov = with_u && (flags & QK_DGC_NESTEROV);
-    parallel_for(parts, 1, [&](int64_t p0, int64_t p1) {
-      for (int64_t p = p0; p < p1; p++)
-        K.dgc_update(g, uu, vv, part_begin(p), part_end(p, n), feedback, nesterov, momentum, scaled, scale,
-                     &hist[p * kBins]);
-    });
-    int64_t suspicious = 0;
-    for (int64_t p = 0; p < parts; p++)
-      for (int b = 0x3fc; b < kBins; b++) suspicious += hist[p * kBins + b];
+    // 2. the fused update
+    if (bounded && !gathered)
+      parallel_for(sample.groups(), 512,
+                   [&](int64_t j0, int64_t j1) { sample.gather(j0, j1, sample_keys, sample_prefetch); });
+    const uint32_t t = bounded ? std::min(sample.bound(0), 0x7f800000u) : 0u;
+    if (t == 0) bounded = false;  // mostly zeros: every element would be a candidate
+    std::vector<uint32_t> hist;
+    Candidates cand;
+    bool suspicious = false;  // may hold a non-finite v
+    if (bounded) {
+      // Non-finite v_new: among each block's new candidates (t <= Inf's key); once collection has
+      // stopped (too many candidates), found by a scan of the block just written (still in cache).
+      std::atomic<bool> nonfinite{false};
+      cand = collect_candidates(
+          n, n / 16, 2 * k,
+          [&](int64_t b, int64_t e, uint32_t* ob, int64_t* oi) {
+            const int64_t w =
+                K.dgc_update_collect(g, uu, vv, b, e, feedback, nesterov, momentum, scaled, scale, t, ob, oi);
+            for (int64_t j = 0; j < w; j++)
+              if ((ob[j] & 0x7fffffffu) >= 0x7f800000u) nonfinite = true;
+            return w;
+          },
+          [&](int64_t b, int64_t e) {
+            K.dgc_update(g, uu, vv, b, e, feedback, nesterov, momentum, scaled, scale, nullptr);
+            if (K.find_nonfinite(reinterpret_cast<const uint32_t*>(vv), b, e) >= 0) nonfinite = true;
+          });
+      suspicious = nonfinite;
+    } else {
+      hist.assign((size_t)(parts * kBins), 0u);
+      parallel_for(parts, 1, [&](int64_t p0, int64_t p1) {
+        for (int64_t p = p0; p < p1; p++)
+          K.dgc_update(g, uu, vv, part_begin(p), part_end(p, n), feedback, nesterov, momentum, scaled, scale,
+                       &hist[p * kBins]);
+      });
+      for (int64_t p = 0; p < parts && !suspicious; p++)
+        for (int b = 0x3fc; b < kBins; b++) suspicious |= hist[p * kBins + b] != 0;
+    }
     if (suspicious) {
       int64_t bad = first_nan(reinterpret_cast<const uint32_t*>(g), n, true);
       if (bad >= 0) {  // only reachable with QK_DGC_SKIP_FINITE_CHECK
@@ -264,21 +326,47 @@ QK_API qk_status qk_dgc_step(const qk_tensor* grad, const qk_tensor* u, const qk
     }
     if (k == 0) return QK_OK;
 
-    // 3. selection by |v|
+    // 3. selection by |v|: among the candidates when there are at least k of them (then the
+    // exact top-k is among them), else over all of v
     auto oi = scratch<int64_t>(k);
     auto ob = scratch<uint32_t>(k);
     int64_t selected = k, bad = -1;
     const uint32_t* vb = reinterpret_cast<const uint32_t*>(vv);
-    qk_status st = sampled ? select_sampled(vb, n, k, sample_ratio, seed, ob.get(), oi.get(), &selected, &bad)
-                           : select_exact(vb, nullptr, n, k, kMagnitude, hist.data(), ob.get(), oi.get(), &bad);
+    qk_status st;
+    if (sampled)
+      st = select_sampled(vb, n, k, sample_ratio, seed, ob.get(), oi.get(), &selected, &bad);
+    else if (bounded && !cand.overflow && cand.count >= k && !bound_forced_short(0))
+      st = select_radix(cand.bits.get(), cand.index.get(), cand.count, k, kMagnitude, nullptr, ob.get(), oi.get(),
+                        &bad);
+    else if (!bounded)
+      st = select_radix(vb, nullptr, n, k, kMagnitude, hist.data(), ob.get(), oi.get(), &bad);
+    else {
+      // too few candidates: one retry over v with a lower threshold (v is finite by now); too
+      // many, or too few again: radix passes over v
+      const bool too_few = !cand.overflow;
+      cand = Candidates();
+      Candidates retry;
+      bool nan = false;
+      const uint32_t t1 = too_few ? std::min(sample.bound(1), 0x7f800000u) : 0u;
+      if (t1 > 0) retry = collect_above(vb, n, k, kMagnitude, t1, &nan);
+      if (t1 > 0 && !retry.overflow && retry.count >= k && !bound_forced_short(1))
+        st = select_radix(retry.bits.get(), retry.index.get(), retry.count, k, kMagnitude, nullptr, ob.get(), oi.get(),
+                          &bad);
+      else
+        st = select_radix(vb, nullptr, n, k, kMagnitude, nullptr, ob.get(), oi.get(), &bad);
+    }
     if (st == QK_ERR_NON_FINITE)
       return fail(QK_ERR_INTERNAL, "%s: v[%lld] is NaN after the finite check (a qkern bug)", fn, (long long)bad);
     QK_TRY(st);
 
     // 4. pack the pairs, then momentum factor masking and the residual update
     const bool half = values->dtype == QK_F16;
-    parallel_for(k, 1 << 14, [&](int64_t j0, int64_t j1) {
+    parallel_for(k, 1 << 12, [&](int64_t j0, int64_t j1) {
       for (int64_t j = j0; j < j1; j++) {
+        if (j + 16 < std::min(j1, selected)) {  // scattered writes: fetch the lines ahead
+          __builtin_prefetch(vv + oi[j + 16], 1);
+          if (uu) __builtin_prefetch(uu + oi[j + 16], 1);
+        }
         if (j >= selected) {
           if (half) static_cast<uint16_t*>(values->data)[j] = 0;
           else static_cast<float*>(values->data)[j] = 0.0f;

@@ -249,10 +249,130 @@ void dgc_update(const float* g, float* u, float* v, int64_t begin, int64_t end, 
   dgc_update_scalar(g, u, v, begin, end, feedback, nesterov, momentum, scaled, scale, hist);
 }
 
+// One compare per key against the sampled bound; hits (a few per thousand) are written one by
+// one. NaN (|bits| > Inf as signed integers) is OR-ed into a flag on the side.
+template <int ORDER>
+int64_t collect_t(const uint32_t* bits, int64_t begin, int64_t end, uint32_t t, uint32_t* out_bits,
+                  int64_t* out_index, bool* nan_seen) {
+  const __m256i vt = _mm256_set1_epi32((int)t), absmask = _mm256_set1_epi32(0x7fffffff);
+  const __m256i inf = _mm256_set1_epi32(0x7f800000);
+  __m256i nan = _mm256_setzero_si256();
+  int64_t w = 0, i = begin;
+  for (; i + 16 <= end; i += 16) {
+    const __m256i b0 = load8(bits + i), b1 = load8(bits + i + 8);
+    const __m256i k0 = keys8<ORDER>(b0), k1 = keys8<ORDER>(b1);
+    if (ORDER == kMagnitude) {
+      nan = _mm256_or_si256(nan, _mm256_or_si256(_mm256_cmpgt_epi32(k0, inf), _mm256_cmpgt_epi32(k1, inf)));
+    } else {
+      nan = _mm256_or_si256(nan, _mm256_or_si256(_mm256_cmpgt_epi32(_mm256_and_si256(b0, absmask), inf),
+                                                 _mm256_cmpgt_epi32(_mm256_and_si256(b1, absmask), inf)));
+    }
+    unsigned m0 = (unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(at_least(k0, vt)));
+    unsigned m1 = (unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(at_least(k1, vt)));
+    unsigned m = m0 | (m1 << 8);
+    while (m) {
+      const int64_t j = i + __builtin_ctz(m);
+      m &= m - 1;
+      out_bits[w] = bits[j];
+      out_index[w] = j;
+      w++;
+    }
+  }
+  if (!_mm256_testz_si256(nan, nan)) *nan_seen = true;
+  return w + collect_scalar(bits, i, end, ORDER, t, out_bits + w, out_index + w, nan_seen);
+}
+
+int64_t collect(const uint32_t* bits, int64_t begin, int64_t end, int order, uint32_t t, uint32_t* out_bits,
+                int64_t* out_index, bool* nan_seen) {
+  switch (order) {
+    case kMagnitude: return collect_t<kMagnitude>(bits, begin, end, t, out_bits, out_index, nan_seen);
+    case kLargest: return collect_t<kLargest>(bits, begin, end, t, out_bits, out_index, nan_seen);
+    default: return collect_t<kSmallest>(bits, begin, end, t, out_bits, out_index, nan_seen);
+  }
+}
+
+template <int FEEDBACK, bool NESTEROV, bool SCALED>
+int64_t dgc_update_collect_t(const float* g, float* u, float* v, int64_t begin, int64_t end, float momentum,
+                             float scale, uint32_t t, uint32_t* out_bits, int64_t* out_index) {
+  const __m256 vm = _mm256_set1_ps(momentum), vs = _mm256_set1_ps(scale);
+  const __m256i absmask = _mm256_set1_epi32(0x7fffffff), vt = _mm256_set1_epi32((int)t);
+  int64_t w = 0, i = begin;
+  for (; i + 8 <= end; i += 8) {
+    __m256 gi = _mm256_loadu_ps(g + i);
+    if (SCALED) gi = _mm256_mul_ps(gi, vs);
+    __m256 vi;
+    if (FEEDBACK == 0) {
+      vi = gi;
+    } else if (FEEDBACK == 1) {
+      vi = _mm256_add_ps(_mm256_loadu_ps(v + i), gi);
+    } else {
+      __m256 ui = _mm256_loadu_ps(u + i);
+      vi = _mm256_loadu_ps(v + i);
+      if (!NESTEROV) {
+        ui = _mm256_add_ps(_mm256_mul_ps(vm, ui), gi);
+        vi = _mm256_add_ps(vi, ui);
+      } else {
+        ui = _mm256_mul_ps(_mm256_add_ps(ui, gi), vm);
+        vi = _mm256_add_ps(_mm256_add_ps(vi, ui), gi);
+      }
+      _mm256_storeu_ps(u + i, ui);
+    }
+    _mm256_storeu_ps(v + i, vi);
+    const __m256i key = _mm256_and_si256(_mm256_castps_si256(vi), absmask);
+    unsigned m = (unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(at_least(key, vt)));
+    if (m) {
+      alignas(32) uint32_t vb[8];
+      _mm256_store_si256(reinterpret_cast<__m256i*>(vb), _mm256_castps_si256(vi));
+      do {
+        const int j = __builtin_ctz(m);
+        m &= m - 1;
+        out_bits[w] = vb[j];
+        out_index[w] = i + j;
+        w++;
+      } while (m);
+    }
+  }
+  return w + dgc_update_collect_scalar(g, u, v, i, end, FEEDBACK, NESTEROV, momentum, SCALED, scale, t, out_bits + w,
+                                       out_index + w);
+}
+
+int64_t dgc_update_collect(const float* g, float* u, float* v, int64_t begin, int64_t end, int feedback,
+                           bool nesterov, float momentum, bool scaled, float scale, uint32_t t, uint32_t* out_bits,
+                           int64_t* out_index) {
+#define QK_DGC_CASE(FB, NE)                                                                                   \
+  if (feedback == FB && nesterov == NE)                                                                       \
+    return scaled ? dgc_update_collect_t<FB, NE, true>(g, u, v, begin, end, momentum, scale, t, out_bits, out_index) \
+                  : dgc_update_collect_t<FB, NE, false>(g, u, v, begin, end, momentum, scale, t, out_bits, out_index);
+  QK_DGC_CASE(0, false)
+  QK_DGC_CASE(1, false)
+  QK_DGC_CASE(2, false)
+  QK_DGC_CASE(2, true)
+#undef QK_DGC_CASE
+  return dgc_update_collect_scalar(g, u, v, begin, end, feedback, nesterov, momentum, scaled, scale, t, out_bits,
+                                   out_index);
+}
+
+// 32 elements per step: exponent all ones <=> NaN or Inf; the block holding the first one is
+// rescanned in order for its lowest index.
+int64_t find_nonfinite(const uint32_t* bits, int64_t begin, int64_t end) {
+  const __m256i expo = _mm256_set1_epi32(0x7f800000);
+  int64_t i = begin;
+  for (; i + 32 <= end; i += 32) {
+    __m256i e0 = _mm256_cmpeq_epi32(_mm256_and_si256(load8(bits + i), expo), expo);
+    __m256i e1 = _mm256_cmpeq_epi32(_mm256_and_si256(load8(bits + i + 8), expo), expo);
+    __m256i e2 = _mm256_cmpeq_epi32(_mm256_and_si256(load8(bits + i + 16), expo), expo);
+    __m256i e3 = _mm256_cmpeq_epi32(_mm256_and_si256(load8(bits + i + 24), expo), expo);
+    __m256i any = _mm256_or_si256(_mm256_or_si256(e0, e1), _mm256_or_si256(e2, e3));
+    if (!_mm256_testz_si256(any, any)) return find_nonfinite_scalar(bits, i, i + 32);
+  }
+  return find_nonfinite_scalar(bits, i, end);
+}
+
 }  // namespace
 
 const CpuKernels& avx2_kernels() {
-  static const CpuKernels k = {histogram, emit, count_at_least, sum_squares, dgc_update};
+  static const CpuKernels k = {histogram, emit, count_at_least, sum_squares, dgc_update, collect, dgc_update_collect,
+                               find_nonfinite};
   return k;
 }
 

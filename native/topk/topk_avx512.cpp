@@ -225,8 +225,17 @@ void dgc_update(const float* g, float* u, float* v, int64_t begin, int64_t end, 
 
 }  // namespace
 
+// The sampled-bound kernels (collect, dgc_update_collect, find_nonfinite) are the AVX2 ones:
+// those passes are bound by memory bandwidth, and the AVX2 code is the one tested on this machine.
 const CpuKernels& avx512_kernels() {
-  static const CpuKernels k = {histogram, emit, count_at_least, sum_squares, dgc_update};
+  static const CpuKernels k = {histogram,
+                               emit,
+                               count_at_least,
+                               sum_squares,
+                               dgc_update,
+                               avx2_kernels().collect,
+                               avx2_kernels().dgc_update_collect,
+                               avx2_kernels().find_nonfinite};
   return k;
 }
 

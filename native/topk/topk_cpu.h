@@ -26,6 +26,19 @@ struct CpuKernels {
   // null: the plain momentum pass the benchmark compares against).
   void (*dgc_update)(const float* g, float* u, float* v, int64_t begin, int64_t end, int feedback, bool nesterov,
                      float momentum, bool scaled, float scale, uint32_t* hist);
+  // Writes, in index order, every element of bits[begin, end) with key >= t as (bits, i) to
+  // out_bits / out_index (room for end - begin pairs) and returns how many. Sets *nan_seen when
+  // the range holds a NaN (in the largest / smallest orders a NaN key can lie below t).
+  int64_t (*collect)(const uint32_t* bits, int64_t begin, int64_t end, int order, uint32_t t, uint32_t* out_bits,
+                     int64_t* out_index, bool* nan_seen);
+  // dgc_update without the histogram, writing, in index order, every element whose new v has a
+  // magnitude key >= t as (bits of v, i) to out_bits / out_index (room for end - begin pairs).
+  // Returns how many.
+  int64_t (*dgc_update_collect)(const float* g, float* u, float* v, int64_t begin, int64_t end, int feedback,
+                                bool nesterov, float momentum, bool scaled, float scale, uint32_t t, uint32_t* out_bits,
+                                int64_t* out_index);
+  // The lowest index in [begin, end) of a NaN or Inf (by its bits), or -1.
+  int64_t (*find_nonfinite)(const uint32_t* bits, int64_t begin, int64_t end);
 };
 
 const CpuKernels& scalar_kernels();
@@ -41,5 +54,11 @@ int64_t count_at_least_scalar(const uint32_t* bits, int64_t begin, int64_t end, 
 double sum_squares_scalar(const float* g, int64_t begin, int64_t end, int64_t* first_nonfinite);
 void dgc_update_scalar(const float* g, float* u, float* v, int64_t begin, int64_t end, int feedback, bool nesterov,
                        float momentum, bool scaled, float scale, uint32_t* hist);
+int64_t collect_scalar(const uint32_t* bits, int64_t begin, int64_t end, int order, uint32_t t, uint32_t* out_bits,
+                       int64_t* out_index, bool* nan_seen);
+int64_t dgc_update_collect_scalar(const float* g, float* u, float* v, int64_t begin, int64_t end, int feedback,
+                                  bool nesterov, float momentum, bool scaled, float scale, uint32_t t,
+                                  uint32_t* out_bits, int64_t* out_index);
+int64_t find_nonfinite_scalar(const uint32_t* bits, int64_t begin, int64_t end);
 
 }  // namespace qk::topk

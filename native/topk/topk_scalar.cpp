@@ -73,6 +73,49 @@ void dgc_update_scalar(const float* g, float* u, float* v, int64_t begin, int64_
   }
 }
 
+int64_t collect_scalar(const uint32_t* bits, int64_t begin, int64_t end, int order, uint32_t t, uint32_t* out_bits,
+                       int64_t* out_index, bool* nan_seen) {
+  int64_t w = 0;
+  bool nan = false;
+  for (int64_t i = begin; i < end; i++) {
+    nan |= is_nan_bits(bits[i]);
+    if (key_of(bits[i], order) >= t) {
+      out_bits[w] = bits[i];
+      out_index[w] = i;
+      w++;
+    }
+  }
+  if (nan) *nan_seen = true;
+  return w;
+}
+
+int64_t dgc_update_collect_scalar(const float* g, float* u, float* v, int64_t begin, int64_t end, int feedback,
+                                  bool nesterov, float momentum, bool scaled, float scale, uint32_t t,
+                                  uint32_t* out_bits, int64_t* out_index) {
+  int64_t w = 0;
+  for (int64_t i = begin; i < end; i++) {
+    float gi = scaled ? g[i] * scale : g[i];
+    float ui = feedback == 2 ? u[i] : 0.0f;
+    float vi = v[i];
+    dgc_accumulate(gi, ui, vi, feedback, nesterov, momentum);
+    if (feedback == 2) u[i] = ui;
+    v[i] = vi;
+    const uint32_t b = f32_bits(vi);
+    if ((b & 0x7fffffffu) >= t) {
+      out_bits[w] = b;
+      out_index[w] = i;
+      w++;
+    }
+  }
+  return w;
+}
+
+int64_t find_nonfinite_scalar(const uint32_t* bits, int64_t begin, int64_t end) {
+  for (int64_t i = begin; i < end; i++)
+    if (is_nonfinite_bits(bits[i])) return i;
+  return -1;
+}
+
 namespace {
 
 int64_t histogram(const uint32_t* bits, int64_t begin, int64_t end, int order, uint32_t lo, uint32_t hi, int shift,
@@ -88,7 +131,10 @@ int64_t emit(const uint32_t* bits, const int64_t* src_index, int64_t begin, int6
 }  // namespace
 
 const CpuKernels& scalar_kernels() {
-  static const CpuKernels k = {histogram, emit, count_at_least_scalar, sum_squares_scalar, dgc_update_scalar};
+  static const CpuKernels k = {histogram,         emit,
+                               count_at_least_scalar, sum_squares_scalar,
+                               dgc_update_scalar,     collect_scalar,
+                               dgc_update_collect_scalar, find_nonfinite_scalar};
   return k;
 }
 

@@ -105,6 +105,51 @@ class DgcTest {
         }
     }
 
+    /**
+     * A tensor of at least 2^18 elements takes the sampled bound: the update collects the
+     * candidates above a sampled threshold on |v| (the sample gathered during the finite check,
+     * or on its own without it). Same exact selection and invariant as on small tensors.
+     */
+    @Test
+    void largeTensorsSelectExactlyThroughTheBound() {
+        int n = (1 << 18) + 7, k = 1000;
+        float m = 0.9f;
+        for (String path : CpuPaths.available()) {
+            Qkern.setCpuPath(path);
+            for (boolean check : new boolean[] {true, false}) {
+                float[] g = gaussian(n, 1), u0 = gaussian(n, 0.1), v0 = gaussian(n, 0.5);
+                float[] eu = u0.clone(), ev = v0.clone();
+                for (int i = 0; i < n; i++) {
+                    eu[i] = m * eu[i] + g[i];
+                    ev[i] = ev[i] + eu[i];
+                }
+                Dgc.Options o = Dgc.Options.DEFAULT.withMomentum(m, false).withCheckFinite(check);
+                try (Tensor tg = Tensor.ofFloats(g, n); Tensor tu = Tensor.ofFloats(u0, n); Tensor tv = Tensor.ofFloats(v0, n);
+                        Tensor idx = Tensor.allocate(DType.I64, Device.CPU, k); Tensor val = Tensor.allocate(DType.F32, Device.CPU, k)) {
+                    idx.fillBytes(0xff);
+                    val.fillBytes(0x7f);
+                    assertEquals(k, Dgc.step("w", tg, tu, tv, o, idx, val));
+                    long[] ii = idx.segment().toArray(ValueLayout.JAVA_LONG);
+                    float[] sent = val.toFloatArray();
+                    float[] v = tv.toFloatArray(), u = tu.toFloatArray();
+                    assertArrayEquals(TopkTest.referenceAscending(ev, k, TopK.Order.MAGNITUDE), ii, path + " check=" + check);
+                    boolean[] hit = new boolean[n];
+                    for (int j = 0; j < k; j++) {
+                        int i = (int) ii[j];
+                        assertEquals(ev[i], sent[j] + v[i], 0f, "sent + residual at " + i);
+                        hit[i] = true;
+                    }
+                    for (int i = 0; i < n; i++) {
+                        if (!hit[i]) {
+                            assertEquals(ev[i], v[i], 0f, "residual at " + i);
+                        }
+                        assertEquals(hit[i] ? 0f : eu[i], u[i], 0f, "masked momentum at " + i);
+                    }
+                }
+            }
+        }
+    }
+
     @Test
     void nonFiniteGradientNamesTensorAndIndexAndLeavesStateAlone() {
         int n = 40000;

@@ -65,6 +65,77 @@ class TopkTest {
         }
     }
 
+    /**
+     * The same set as {@link #reference} in ascending index order, for large n: the k-th largest
+     * key T from a primitive sort of the keys (as doubles), then every index with key > T and the
+     * first (k - #greater) with key == T.
+     */
+    static long[] referenceAscending(float[] x, int k, TopK.Order order) {
+        double[] key = new double[x.length];
+        for (int i = 0; i < x.length; i++) {
+            key[i] = switch (order) {
+                case MAGNITUDE -> Math.abs((double) x[i]) + 0.0;
+                case LARGEST -> (double) x[i] + 0.0;
+                case SMALLEST -> -(double) x[i] + 0.0;
+            };
+        }
+        double[] sorted = key.clone();
+        Arrays.sort(sorted);
+        double t = sorted[x.length - k];
+        int greater = 0;
+        for (double d : key) {
+            greater += d > t ? 1 : 0;
+        }
+        int ties = k - greater;
+        long[] out = new long[k];
+        int w = 0;
+        for (int i = 0; i < x.length; i++) {
+            if (key[i] > t || (key[i] == t && ties-- > 0)) {
+                out[w++] = i;
+            }
+        }
+        assertEquals(k, w);
+        return out;
+    }
+
+    /**
+     * Inputs of at least 2^18 elements with k <= n/64 take the sampled bound (one compare pass
+     * collects candidates above a sampled threshold; radix select among them; full radix passes
+     * when the bound misleads): the same exact sets, with a cluster of large ties, and all-equal
+     * input (every element a candidate: the fallback).
+     */
+    @Test
+    void largeInputsMatchTheReference() {
+        int n = (1 << 18) + 5;
+        float[] x = new float[n];
+        for (int i = 0; i < n; i++) {
+            x[i] = (float) rnd.nextGaussian() * (i % 3 == 0 ? 1e-3f : 1f);
+        }
+        for (int i = 200_003; i < 200_003 + 1500; i++) {
+            x[i] = (i % 2 == 0 ? 7f : -7f);  // ties at the top, both signs
+        }
+        float[] eq = new float[n];
+        Arrays.fill(eq, 0.75f);
+        for (String path : CpuPaths.available()) {
+            Qkern.setCpuPath(path);
+            try (Tensor t = Tensor.ofFloats(x, n); Tensor te = Tensor.ofFloats(eq, n)) {
+                for (TopK.Order order : TopK.Order.values()) {
+                    for (int k : new int[] {1, 1000, n / 1000, n / 64}) {
+                        try (TopK.Result r = TopK.select("x", t, k, order, false)) {
+                            assertArrayEquals(referenceAscending(x, k, order),
+                                    r.indices().segment().toArray(ValueLayout.JAVA_LONG),
+                                    path + " " + order + " k=" + k);
+                        }
+                    }
+                    try (TopK.Result r = TopK.select("eq", te, 3000, order, false)) {
+                        assertArrayEquals(referenceAscending(eq, 3000, order),
+                                r.indices().segment().toArray(ValueLayout.JAVA_LONG), path + " all-equal " + order);
+                    }
+                }
+            }
+        }
+    }
+
     @Test
     void randomInputsMatchTheSortReference() {
         for (int n : new int[] {1, 5, 333, 20000, 300000}) {
