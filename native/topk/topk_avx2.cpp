@@ -194,6 +194,33 @@ double sum_squares(const float* g, int64_t begin, int64_t end, int64_t* first_no
   return ((l[0] + l[4]) + (l[2] + l[6])) + ((l[1] + l[5]) + (l[3] + l[7]));
 }
 
+// One vector of the DGC update at i: u and v written, the new v returned (the pass then
+// histograms or collects it).
+template <int FEEDBACK, bool NESTEROV, bool SCALED>
+inline __m256 update8(const float* g, float* u, float* v, int64_t i, __m256 vm, __m256 vs) {
+  __m256 gi = _mm256_loadu_ps(g + i);
+  if (SCALED) gi = _mm256_mul_ps(gi, vs);
+  __m256 vi;
+  if (FEEDBACK == 0) {
+    vi = gi;
+  } else if (FEEDBACK == 1) {
+    vi = _mm256_add_ps(_mm256_loadu_ps(v + i), gi);
+  } else {
+    __m256 ui = _mm256_loadu_ps(u + i);
+    vi = _mm256_loadu_ps(v + i);
+    if (!NESTEROV) {
+      ui = _mm256_add_ps(_mm256_mul_ps(vm, ui), gi);
+      vi = _mm256_add_ps(vi, ui);
+    } else {
+      ui = _mm256_mul_ps(_mm256_add_ps(ui, gi), vm);
+      vi = _mm256_add_ps(_mm256_add_ps(vi, ui), gi);
+    }
+    _mm256_storeu_ps(u + i, ui);
+  }
+  _mm256_storeu_ps(v + i, vi);
+  return vi;
+}
+
 template <int FEEDBACK, bool NESTEROV, bool SCALED, bool HIST = true>
 void dgc_update_t(const float* g, float* u, float* v, int64_t begin, int64_t end, float momentum, float scale,
                   uint32_t* hist) {
@@ -202,26 +229,7 @@ void dgc_update_t(const float* g, float* u, float* v, int64_t begin, int64_t end
   const __m256i absmask = _mm256_set1_epi32(0x7fffffff);
   int64_t i = begin;
   for (; i + 8 <= end; i += 8) {
-    __m256 gi = _mm256_loadu_ps(g + i);
-    if (SCALED) gi = _mm256_mul_ps(gi, vs);
-    __m256 vi;
-    if (FEEDBACK == 0) {
-      vi = gi;
-    } else if (FEEDBACK == 1) {
-      vi = _mm256_add_ps(_mm256_loadu_ps(v + i), gi);
-    } else {
-      __m256 ui = _mm256_loadu_ps(u + i);
-      vi = _mm256_loadu_ps(v + i);
-      if (!NESTEROV) {
-        ui = _mm256_add_ps(_mm256_mul_ps(vm, ui), gi);
-        vi = _mm256_add_ps(vi, ui);
-      } else {
-        ui = _mm256_mul_ps(_mm256_add_ps(ui, gi), vm);
-        vi = _mm256_add_ps(_mm256_add_ps(vi, ui), gi);
-      }
-      _mm256_storeu_ps(u + i, ui);
-    }
-    _mm256_storeu_ps(v + i, vi);
+    const __m256 vi = update8<FEEDBACK, NESTEROV, SCALED>(g, u, v, i, vm, vs);
     if (HIST) sub->add8(_mm256_srli_epi32(_mm256_and_si256(_mm256_castps_si256(vi), absmask), 21));
   }
   if (HIST) sub->flush(hist);
@@ -298,26 +306,7 @@ int64_t dgc_update_collect_t(const float* g, float* u, float* v, int64_t begin, 
   const __m256i absmask = _mm256_set1_epi32(0x7fffffff), vt = _mm256_set1_epi32((int)t);
   int64_t w = 0, i = begin;
   for (; i + 8 <= end; i += 8) {
-    __m256 gi = _mm256_loadu_ps(g + i);
-    if (SCALED) gi = _mm256_mul_ps(gi, vs);
-    __m256 vi;
-    if (FEEDBACK == 0) {
-      vi = gi;
-    } else if (FEEDBACK == 1) {
-      vi = _mm256_add_ps(_mm256_loadu_ps(v + i), gi);
-    } else {
-      __m256 ui = _mm256_loadu_ps(u + i);
-      vi = _mm256_loadu_ps(v + i);
-      if (!NESTEROV) {
-        ui = _mm256_add_ps(_mm256_mul_ps(vm, ui), gi);
-        vi = _mm256_add_ps(vi, ui);
-      } else {
-        ui = _mm256_mul_ps(_mm256_add_ps(ui, gi), vm);
-        vi = _mm256_add_ps(_mm256_add_ps(vi, ui), gi);
-      }
-      _mm256_storeu_ps(u + i, ui);
-    }
-    _mm256_storeu_ps(v + i, vi);
+    const __m256 vi = update8<FEEDBACK, NESTEROV, SCALED>(g, u, v, i, vm, vs);
     const __m256i key = _mm256_and_si256(_mm256_castps_si256(vi), absmask);
     unsigned m = (unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(at_least(key, vt)));
     if (m) {

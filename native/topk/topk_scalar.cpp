@@ -60,15 +60,24 @@ double sum_squares_scalar(const float* g, int64_t begin, int64_t end, int64_t* f
   return ((l[0] + l[4]) + (l[2] + l[6])) + ((l[1] + l[5]) + (l[3] + l[7]));
 }
 
+namespace {
+// One element of the DGC update: u[i] and v[i] written, the new v returned.
+inline float update_one(const float* g, float* u, float* v, int64_t i, int feedback, bool nesterov, float momentum,
+                        bool scaled, float scale) {
+  float gi = scaled ? g[i] * scale : g[i];
+  float ui = feedback == 2 ? u[i] : 0.0f;
+  float vi = v[i];
+  dgc_accumulate(gi, ui, vi, feedback, nesterov, momentum);
+  if (feedback == 2) u[i] = ui;
+  v[i] = vi;
+  return vi;
+}
+}  // namespace
+
 void dgc_update_scalar(const float* g, float* u, float* v, int64_t begin, int64_t end, int feedback, bool nesterov,
                        float momentum, bool scaled, float scale, uint32_t* hist) {
   for (int64_t i = begin; i < end; i++) {
-    float gi = scaled ? g[i] * scale : g[i];
-    float ui = feedback == 2 ? u[i] : 0.0f;
-    float vi = v[i];
-    dgc_accumulate(gi, ui, vi, feedback, nesterov, momentum);
-    if (feedback == 2) u[i] = ui;
-    v[i] = vi;
+    const float vi = update_one(g, u, v, i, feedback, nesterov, momentum, scaled, scale);
     if (hist) hist[(f32_bits(vi) & 0x7fffffffu) >> 21]++;
   }
 }
@@ -94,13 +103,7 @@ int64_t dgc_update_collect_scalar(const float* g, float* u, float* v, int64_t be
                                   uint32_t* out_bits, int64_t* out_index) {
   int64_t w = 0;
   for (int64_t i = begin; i < end; i++) {
-    float gi = scaled ? g[i] * scale : g[i];
-    float ui = feedback == 2 ? u[i] : 0.0f;
-    float vi = v[i];
-    dgc_accumulate(gi, ui, vi, feedback, nesterov, momentum);
-    if (feedback == 2) u[i] = ui;
-    v[i] = vi;
-    const uint32_t b = f32_bits(vi);
+    const uint32_t b = f32_bits(update_one(g, u, v, i, feedback, nesterov, momentum, scaled, scale));
     if ((b & 0x7fffffffu) >= t) {
       out_bits[w] = b;
       out_index[w] = i;
