@@ -245,7 +245,8 @@ enum qk_apmm_path {
   QK_APMM_RAN_CUDA_B1_MMA = 7,       /* "cuda-b1-mma": mma.sync m16n8k256 b1 AND.popc */
   QK_APMM_RAN_CUDA_INT8_MMA = 8,     /* "cuda-int8-mma": planes unpacked in shared memory, mma.sync s8 */
   /* Small-M weight streaming, chosen by AUTO for p*q > 4 at M <= 16 (p <= 4) or M <= 8 (p = 5..7;
-   * not p = 8): each weight row's planes are decoded to byte codes once per pass of up to 4 rows
+   * not p = 8), where its int16 pair sums cannot overflow: 2 (2^p - 1)(2^q - 1) <= 32767 (so not
+   * W7A8 or W8A*): each weight row's planes are decoded to byte codes once per pass of up to 4 rows
    * of A and multiplied with each of them. The AVX-512 kernel table runs the AVX2 kernel. */
   QK_APMM_RAN_SCALAR_STREAM = 9,     /* "scalar-stream": plain C++ reference of the streaming path */
   QK_APMM_RAN_AVX2_STREAM = 10       /* "avx2-stream": SWAR bit transpose of the planes, vpmaddubsw */

@@ -174,8 +174,8 @@ void forward_cpu(const qk_tensor* x, const Weights& w, const qk_tensor* bias, co
         kern.gemv(w.packed, w.absmax, w.k, w.blocksize, n0, n1, 0, w.k, xq.data(), w.kp, m, acc + n0, n);
       });
     } else {
-      // Long rows: the activations would not stay in L1 across a row, so bands of rows walk k
-      // in chunks (x chunk in L1) and add the chunk sums in chunk order.
+      // Rows longer than gemv_chunk(m): the m activation rows would not stay in L2 across a row,
+      // so bands of rows walk k in chunks that do and add the chunk sums in chunk order.
       parallel_for(n, kGemvBand, [&](int64_t n0, int64_t n1) {
         std::vector<float> part((size_t)(m * kGemvBand));
         for (int64_t b0 = n0; b0 < n1; b0 += kGemvBand) {

@@ -32,7 +32,7 @@ final class Nf4Bench implements BenchSuite {
 
     @Override
     public String summary() {
-        return "NF4 dequantize and fused matmul (GEMV M=1,16; GEMM M=64) vs dense F32, on LLM layer shapes";
+        return "NF4 dequantize and fused matmul (M = 1, 16, 64; rows named by the kernel that ran) vs dense F32, on LLM layer shapes";
     }
 
     @Override
@@ -69,12 +69,14 @@ final class Nf4Bench implements BenchSuite {
                         String path = Nf4Matmul.path(m, device, false);
                         double tq = ctx.seconds(() -> Nf4Matmul.forwardInto(x, q, q.absmax(), null, y));
                         double td = device.isCpu() ? ctx.seconds(() -> Nf4Matmul.denseF32Into(x, dense, y)) : Double.NaN;
-                        ctx.emit(m <= 16 ? "nf4_gemv" : "nf4_gemm", shape, "f32", ctx.backend(), tq, nf4Bytes + act,
+                        // named by the kernel that ran: the fused GEMV serves few rows, the tiled kernel more
+                        boolean gemv = path.endsWith("-gemv");
+                        ctx.emit(gemv ? "nf4_gemv" : "nf4_gemm", shape, "f32", ctx.backend(), tq, nf4Bytes + act,
                                 extra(n, k, tq, m, path));
                         if (device.isCpu()) {
                             Map<String, Object> e = extra(n, k, td, m, "dense-f32");
                             e.put("nf4_speedup", Math.round(td / tq * 100) / 100.0);
-                            ctx.emit(m <= 16 ? "dense_f32_gemv" : "dense_f32_gemm", shape, "f32", ctx.backend(), td,
+                            ctx.emit(gemv ? "dense_f32_gemv" : "dense_f32_gemm", shape, "f32", ctx.backend(), td,
                                     dense.byteSize() + act, e);
                         }
                     }
