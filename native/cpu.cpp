@@ -91,8 +91,11 @@ CpuPath initial_path() {
 std::atomic<int> g_path{-1};
 
 // ---- worker pool --------------------------------------------------------------------------
-// Persistent threads woken per job; the caller runs chunk 0 itself. One job at a time: a call
-// that finds the pool busy (another thread's job, or a nested call) runs its body inline.
+// Persistent threads woken per job. A job is split into up to kChunksPerThread chunks per
+// thread, claimed one at a time from an atomic counter, and the caller claims too: a worker
+// that wakes late (tens of microseconds in a VM) then costs only the chunks it did not take,
+// instead of its wake-up on top of a fixed half. One job at a time: a call that finds the pool
+// busy (another thread's job, or a nested call) runs its body inline.
 class Pool {
  public:
   explicit Pool(int threads) { resize(threads); }
@@ -106,14 +109,15 @@ class Pool {
     stop_ = false;
     // New workers must not mistake the last finished job for a new one.
     const uint64_t current = generation_;
-    for (int i = 1; i < threads; i++) workers_.emplace_back([this, i, current] { loop(i, current); });
+    for (int i = 1; i < threads; i++) workers_.emplace_back([this, current] { loop(current); });
   }
 
   void run(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& body) {
     if (n <= 0) return;
     std::unique_lock<std::mutex> job(job_mutex_, std::try_to_lock);
-    int64_t chunks = std::min<int64_t>(threads(), std::max<int64_t>(1, n / std::max<int64_t>(grain, 1)));
-    if (!job.owns_lock() || chunks <= 1) {
+    const int64_t chunks =
+        std::min<int64_t>((int64_t)threads() * kChunksPerThread, std::max<int64_t>(1, n / std::max<int64_t>(grain, 1)));
+    if (!job.owns_lock() || chunks <= 1 || threads() == 1) {
       body(0, n);
       return;
     }
@@ -122,21 +126,27 @@ class Pool {
       body_ = &body;
       n_ = n;
       chunks_ = chunks;
-      pending_ = (int)chunks - 1;
+      next_.store(0, std::memory_order_relaxed);
       generation_++;
     }
     cv_.notify_all();
-    body(0, chunk_end(0));
+    work(body);
+    // Every chunk is claimed; wait for the workers still running one. A worker that has not
+    // woken yet finds body_ cleared and sits this job out.
     std::unique_lock<std::mutex> lk(m_);
-    done_cv_.wait(lk, [this] { return pending_ == 0; });
+    done_cv_.wait(lk, [this] { return active_ == 0; });
     body_ = nullptr;
   }
 
  private:
-  int64_t chunk_begin(int64_t c) const { return n_ * c / chunks_; }
-  int64_t chunk_end(int64_t c) const { return n_ * (c + 1) / chunks_; }
+  static constexpr int64_t kChunksPerThread = 4;
 
-  void loop(int index, uint64_t seen) {
+  void work(const std::function<void(int64_t, int64_t)>& body) {
+    for (int64_t c; (c = next_.fetch_add(1, std::memory_order_relaxed)) < chunks_;)
+      body(n_ * c / chunks_, n_ * (c + 1) / chunks_);
+  }
+
+  void loop(uint64_t seen) {
     for (;;) {
       const std::function<void(int64_t, int64_t)>* body;
       {
@@ -144,12 +154,13 @@ class Pool {
         cv_.wait(lk, [&] { return stop_ || generation_ != seen; });
         if (stop_) return;
         seen = generation_;
-        if (index >= chunks_) continue;
+        if (body_ == nullptr) continue;  // the job ended before this worker woke
         body = body_;
+        active_++;
       }
-      (*body)(chunk_begin(index), chunk_end(index));
+      work(*body);
       std::lock_guard<std::mutex> lk(m_);
-      if (--pending_ == 0) done_cv_.notify_one();
+      if (--active_ == 0) done_cv_.notify_one();
     }
   }
 
@@ -168,8 +179,9 @@ class Pool {
   std::condition_variable cv_, done_cv_;
   std::vector<std::thread> workers_;
   const std::function<void(int64_t, int64_t)>* body_ = nullptr;
-  int64_t n_ = 0, chunks_ = 0;
-  int pending_ = 0;
+  int64_t n_ = 0, chunks_ = 0;  // written under m_ before the generation changes; read-only during a job
+  std::atomic<int64_t> next_{0};
+  int active_ = 0;
   uint64_t generation_ = 0;
   bool stop_ = false;
 };

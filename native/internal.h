@@ -77,9 +77,11 @@ enum class CpuPath { Scalar = 0, Avx2 = 1, Avx512 = 2 };
 CpuPath cpu_path();
 bool cpu_supports(CpuPath path);
 
-// Runs body(begin, end) over [0, n) split into at most `threads` contiguous chunks of at least
-// `grain` items, on the worker pool plus the calling thread. Nested or concurrent calls from
-// other threads run inline rather than wait.
+// Runs body(begin, end) over [0, n) split into at most 4 x `threads` contiguous chunks of at
+// least `grain` items (n <= threads with grain 1: one item per chunk), claimed one at a time by
+// the worker pool and the calling thread; which thread runs a chunk varies from call to call, so
+// a body's result must depend only on its range. Nested or concurrent calls from other threads
+// run inline rather than wait.
 void parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& body);
 int worker_threads();
 
