@@ -9,9 +9,6 @@ import io.qkern.dist.DeviceMesh;
 import io.qkern.dist.LockstepRanks;
 import io.qkern.dist.tp.ParallelMlp;
 import io.qkern.io.SafetensorsFile;
-import io.qkern.io.SafetensorsWriter;
-import io.qkern.nf4.Nf4;
-import io.qkern.nf4.Nf4Tensor;
 import java.io.IOException;
 import java.io.UncheckedIOException;
 import java.nio.file.Files;
@@ -20,7 +17,6 @@ import java.time.Duration;
 import java.util.ArrayList;
 import java.util.Collections;
 import java.util.List;
-import java.util.SplittableRandom;
 import java.util.concurrent.TimeUnit;
 import org.openjdk.jmh.annotations.Benchmark;
 import org.openjdk.jmh.annotations.BenchmarkMode;
@@ -76,7 +72,7 @@ public class DistTensorParallelBenchmark {
             int inter = Integer.parseInt(hw[1]);
             dir = Files.createTempDirectory("qkern-jmh-tp");
             Path file = dir.resolve("mlp.safetensors");
-            writeMlp(file, hidden, inter);
+            ParallelMlp.writeSyntheticNf4(file, "mlp", hidden, inter, 7);
             comms = DeviceMesh.cpu(tp).inProcess(Duration.ofSeconds(120));
             ranks = new LockstepRanks(comms);
             mlps.addAll(Collections.nCopies(tp, null));
@@ -113,36 +109,6 @@ public class DistTensorParallelBenchmark {
                 }
             }
             Files.delete(dir);
-        }
-
-        private static void writeMlp(Path file, int hidden, int inter) throws IOException {
-            List<AutoCloseable> keep = new ArrayList<>();
-            try {
-                SafetensorsWriter w = SafetensorsWriter.create(file);
-                SplittableRandom rnd = new SplittableRandom(7);
-                for (String name : new String[] {"gate_proj", "up_proj", "down_proj"}) {
-                    int rows = name.equals("down_proj") ? hidden : inter;
-                    int cols = name.equals("down_proj") ? inter : hidden;
-                    float[] v = new float[rows * cols];
-                    for (int i = 0; i < v.length; i++) {
-                        v[i] = (float) (rnd.nextDouble() - 0.5) * 0.05f;
-                    }
-                    try (Tensor dense = Tensor.ofFloats(v, rows, cols)) {
-                        Nf4Tensor q = Nf4.quantize("mlp." + name + ".weight", dense, new Nf4.Options(64, true));
-                        keep.add(q);
-                        keep.addAll(q.addTo(w, "mlp." + name + ".weight"));
-                    }
-                }
-                w.write();
-            } finally {
-                for (AutoCloseable c : keep.reversed()) {
-                    try {
-                        c.close();
-                    } catch (Exception e) {
-                        throw new IllegalStateException(e);
-                    }
-                }
-            }
         }
     }
 

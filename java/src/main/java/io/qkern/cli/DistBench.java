@@ -254,7 +254,7 @@ final class DistBench implements BenchSuite {
         List<Tensor> xs = new ArrayList<>(java.util.Collections.nCopies(tp, null));
         try {
             if (ranks.reports()) {
-                writeNf4Mlp(file, hidden, inter);
+                io.qkern.dist.tp.ParallelMlp.writeSyntheticNf4(file, "mlp", hidden, inter, 7);
             }
             ranks.once(Communicator::barrier);
             try (io.qkern.io.SafetensorsFile f = io.qkern.io.SafetensorsFile.open(file)) {
@@ -304,42 +304,6 @@ final class DistBench implements BenchSuite {
             if (ranks.reports()) {
                 java.nio.file.Files.deleteIfExists(file);
                 java.nio.file.Files.deleteIfExists(dir);
-            }
-        }
-    }
-
-    private static void writeNf4Mlp(java.nio.file.Path file, int hidden, int inter) throws java.io.IOException {
-        List<AutoCloseable> keep = new ArrayList<>();
-        try {
-            io.qkern.io.SafetensorsWriter w = io.qkern.io.SafetensorsWriter.create(file);
-            String[][] layers = {{"gate_proj", "i"}, {"up_proj", "i"}, {"down_proj", "h"}};
-            java.util.SplittableRandom rnd = new java.util.SplittableRandom(7);
-            for (String[] l : layers) {
-                long rows = l[1].equals("i") ? inter : hidden;
-                long cols = l[1].equals("i") ? hidden : inter;
-                try (Tensor dense = Tensor.allocate(DType.F32, io.qkern.Device.CPU, rows, cols)) {
-                    float[] row = new float[(int) cols];
-                    for (long r = 0; r < rows; r++) {
-                        for (int i = 0; i < row.length; i++) {
-                            row[i] = (float) (rnd.nextDouble() - 0.5) * 0.05f;
-                        }
-                        java.lang.foreign.MemorySegment.copy(row, 0, dense.segment(),
-                                java.lang.foreign.ValueLayout.JAVA_FLOAT, 4 * r * cols, row.length);
-                    }
-                    io.qkern.nf4.Nf4Tensor q = io.qkern.nf4.Nf4.quantize("mlp." + l[0] + ".weight", dense,
-                            new io.qkern.nf4.Nf4.Options(64, true));
-                    keep.add(q);
-                    keep.addAll(q.addTo(w, "mlp." + l[0] + ".weight"));
-                }
-            }
-            w.write();
-        } finally {
-            for (AutoCloseable c : keep.reversed()) {
-                try {
-                    c.close();
-                } catch (Exception e) {
-                    // closing host tensors does not fail
-                }
             }
         }
     }

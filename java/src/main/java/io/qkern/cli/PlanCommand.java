@@ -97,7 +97,8 @@ final class PlanCommand {
             List<Calibration.CollectiveSample> samples = Calibration.measureCollectives(2, sizes, quick ? 2 : 5,
                     err::println);
             Calibration.LinkFit fit = Calibration.fitLink(samples, "fitted on this machine: 2 in-process ranks, "
-                    + "all-reduce and all-gather of " + human(sizes[0]) + ".." + human(sizes[sizes.length - 1]));
+                    + "all-reduce and all-gather of " + Calibration.human(sizes[0]) + ".."
+                    + Calibration.human(sizes[sizes.length - 1]));
             measuredLink = fit.link();
             if (calibrate) {
                 printLinkFit(fit, json);
@@ -210,7 +211,7 @@ final class PlanCommand {
                 "error", "model's algorithm");
         for (Calibration.Row r : fit.rows()) {
             out.printf(Locale.ROOT, "%-15s %9s %12.2f %12.2f %7.1f%%  %s%n",
-                    r.collective().name().toLowerCase(Locale.ROOT).replace('_', '-'), human(r.bytes()),
+                    r.collective().name().toLowerCase(Locale.ROOT).replace('_', '-'), Calibration.human(r.bytes()),
                     r.measuredSeconds() * 1e6, r.predictedSeconds() * 1e6, r.errorPercent(), r.algorithm());
         }
         out.printf(Locale.ROOT, "fitted link: %s; rms relative error %.1f%%%n", fit.link().describe(),
@@ -317,16 +318,6 @@ final class PlanCommand {
         } catch (NumberFormatException e) {
             throw new UsageException(name + " must be a number, got \"" + s + "\"");
         }
-    }
-
-    static String human(long bytes) {
-        if (bytes >= 1 << 20 && bytes % (1 << 20) == 0) {
-            return (bytes >> 20) + " MiB";
-        }
-        if (bytes >= 1 << 10 && bytes % (1 << 10) == 0) {
-            return (bytes >> 10) + " KiB";
-        }
-        return bytes + " B";
     }
 
     /** One JSON object per line (a NaN, e.g. no device measured, as null). */

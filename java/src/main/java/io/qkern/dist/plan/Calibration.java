@@ -300,7 +300,8 @@ public final class Calibration {
         return best;
     }
 
-    static String human(long bytes) {
+    /** A byte count as "4 KiB", "16 MiB" or "1000 B" (exact multiples only). */
+    public static String human(long bytes) {
         if (bytes >= 1 << 20 && bytes % (1 << 20) == 0) {
             return (bytes >> 20) + " MiB";
         }

@@ -4,7 +4,6 @@ import io.qkern.DType;
 import io.qkern.Device;
 import io.qkern.Tensor;
 import io.qkern.dist.Communicator;
-import io.qkern.dist.ReduceOp;
 import io.qkern.internal.Floats;
 import io.qkern.io.SafetensorsFile;
 import io.qkern.io.SafetensorsFormatException;
@@ -126,25 +125,12 @@ public final class ColumnParallelLinear implements AutoCloseable {
 
     /** dx [M, K] = dy W (NF4 only), summed over the ranks by one all-reduce; dy as described above. */
     public Tensor backwardInput(Tensor dy) {
-        Tensor dyLocal = null;
-        if (output == Output.GATHERED && comm.size() > 1) {
-            if (dy.rank() != 2 || dy.shape()[1] != outFeatures) {
-                throw new IllegalArgumentException("dy has shape " + Arrays.toString(dy.shape()) + ", expected [M, "
-                        + outFeatures + "] (the gathered output's gradient)");
-            }
-            dyLocal = Layout.columns(dy, outBegin(), outBegin() + local.outFeatures());
-        }
+        Tensor dyLocal = output == Output.GATHERED && comm.size() > 1
+                ? Layout.rankColumns(dy, "dy", outFeatures, "the gathered output's gradient", outBegin(),
+                        outBegin() + local.outFeatures())
+                : null;
         try {
-            Tensor dx = local.backwardInput(dyLocal != null ? dyLocal : dy);
-            try {
-                if (comm.size() > 1) {
-                    comm.allReduce(dx, ReduceOp.SUM);
-                }
-                return dx;
-            } catch (RuntimeException e) {
-                dx.close();
-                throw e;
-            }
+            return Layout.sumOverRanks(comm, local.backwardInput(dyLocal != null ? dyLocal : dy));
         } finally {
             if (dyLocal != null) {
                 dyLocal.close();

@@ -2,17 +2,44 @@ package io.qkern.dist.tp;
 
 import io.qkern.Device;
 import io.qkern.Tensor;
+import io.qkern.dist.Communicator;
+import io.qkern.dist.ReduceOp;
 import java.lang.foreign.MemorySegment;
 import java.util.Arrays;
 
 /**
- * Pure data movement between a full [M, W] matrix and its column blocks: taking a rank's columns
- * and turning an all-gather's rank-stacked [tp*M, W/tp] result into [M, W]. Bytes are copied as
- * they are (any dtype); device tensors go through the host (the in-process backend is CPU only;
- * a CUDA rank would want a strided device copy here).
+ * Data movement between a full [M, W] matrix and its column blocks: taking a rank's columns,
+ * turning an all-gather's rank-stacked [tp*M, W/tp] result into [M, W], and summing the ranks'
+ * partial results. Bytes are copied as they are (any dtype); device tensors go through the host
+ * (the in-process backend is CPU only; a CUDA rank would want a strided device copy here).
  */
 final class Layout {
     private Layout() {}
+
+    /**
+     * This rank's columns [c0, c1) of {@code full}, which must be [M, width]; {@code name} and
+     * {@code what} name the argument in the error.
+     */
+    static Tensor rankColumns(Tensor full, String name, long width, String what, long c0, long c1) {
+        if (full.rank() != 2 || full.shape()[1] != width) {
+            throw new IllegalArgumentException(name + " has shape " + Arrays.toString(full.shape()) + ", expected [M, "
+                    + width + "] (" + what + ")");
+        }
+        return columns(full, c0, c1);
+    }
+
+    /** {@code partial} summed over the ranks in place (one all-reduce); closed if that fails. */
+    static Tensor sumOverRanks(Communicator comm, Tensor partial) {
+        try {
+            if (comm.size() > 1) {
+                comm.allReduce(partial, ReduceOp.SUM);
+            }
+            return partial;
+        } catch (RuntimeException e) {
+            partial.close();
+            throw e;
+        }
+    }
 
     /** t[:, c0:c1] as a new contiguous tensor on t's device. */
     static Tensor columns(Tensor t, long c0, long c1) {

@@ -1,12 +1,23 @@
 package io.qkern.dist.tp;
 
+import io.qkern.DType;
+import io.qkern.Device;
 import io.qkern.Tensor;
 import io.qkern.apmm.ApmmMatrix;
 import io.qkern.dist.Communicator;
 import io.qkern.io.SafetensorsFile;
 import io.qkern.io.SafetensorsFormatException;
+import io.qkern.io.SafetensorsWriter;
+import io.qkern.nf4.Nf4;
 import io.qkern.nf4.Nf4Tensor;
+import java.io.IOException;
+import java.lang.foreign.MemorySegment;
+import java.lang.foreign.ValueLayout;
+import java.nio.file.Path;
+import java.util.ArrayList;
 import java.util.Arrays;
+import java.util.List;
+import java.util.SplittableRandom;
 
 /**
  * Llama's MLP block, y = down( silu(gate(x)) * up(x) ), tensor-parallel with exactly ONE
@@ -46,6 +57,49 @@ public final class ParallelMlp implements AutoCloseable {
             throw new IllegalArgumentException("down_proj's slice is " + down.outFeatures() + " x "
                     + down.localInFeatures() + " but gate/up give " + localIntermediate + " intermediate features of a "
                     + hidden + "-wide hidden state");
+        }
+    }
+
+    /**
+     * Writes a synthetic bias-free NF4 MLP checkpoint that {@link #readNf4} reads: {@code prefix +
+     * ".gate_proj.weight"} and {@code ".up_proj.weight"} [intermediate, hidden] and
+     * {@code ".down_proj.weight"} [hidden, intermediate], uniform in [-0.025, 0.025) from
+     * {@code seed}, blocksize 64 with double quantization. For benchmarks and demos of a layer
+     * shape without a real model; values are written row by row into native memory, so no heap
+     * array of a whole layer is made.
+     */
+    public static void writeSyntheticNf4(Path file, String prefix, int hidden, int intermediate, long seed)
+            throws IOException {
+        List<AutoCloseable> keep = new ArrayList<>();
+        try {
+            SafetensorsWriter w = SafetensorsWriter.create(file);
+            SplittableRandom rnd = new SplittableRandom(seed);
+            for (String name : new String[] {"gate_proj", "up_proj", "down_proj"}) {
+                long rows = name.equals("down_proj") ? hidden : intermediate;
+                long cols = name.equals("down_proj") ? intermediate : hidden;
+                String tensorName = prefix + "." + name + ".weight";
+                try (Tensor dense = Tensor.allocate(DType.F32, Device.CPU, rows, cols)) {
+                    float[] row = new float[(int) cols];
+                    for (long r = 0; r < rows; r++) {
+                        for (int i = 0; i < row.length; i++) {
+                            row[i] = (float) (rnd.nextDouble() - 0.5) * 0.05f;
+                        }
+                        MemorySegment.copy(row, 0, dense.segment(), ValueLayout.JAVA_FLOAT, 4 * r * cols, row.length);
+                    }
+                    Nf4Tensor q = Nf4.quantize(tensorName, dense, new Nf4.Options(64, true));
+                    keep.add(q);
+                    keep.addAll(q.addTo(w, tensorName));
+                }
+            }
+            w.write();
+        } finally {
+            for (AutoCloseable c : keep.reversed()) {
+                try {
+                    c.close();
+                } catch (Exception e) {
+                    throw new IllegalStateException("closing a host tensor failed", e);
+                }
+            }
         }
     }
 
@@ -212,16 +266,7 @@ public final class ParallelMlp implements AutoCloseable {
                 }
             }
             try (Tensor dguHost = Tensor.ofFloats(dgu, m, 2L * li); Tensor dguDev = dguHost.copyTo(dh.device())) {
-                Tensor dx = gateUp.backwardInput(dguDev);
-                try {
-                    if (comm.size() > 1) {
-                        comm.allReduce(dx, io.qkern.dist.ReduceOp.SUM);
-                    }
-                    return dx;
-                } catch (RuntimeException e) {
-                    dx.close();
-                    throw e;
-                }
+                return Layout.sumOverRanks(comm, gateUp.backwardInput(dguDev));
             }
         }
     }

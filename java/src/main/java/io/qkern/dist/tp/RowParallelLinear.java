@@ -2,10 +2,8 @@ package io.qkern.dist.tp;
 
 import io.qkern.Tensor;
 import io.qkern.dist.Communicator;
-import io.qkern.dist.ReduceOp;
 import io.qkern.io.SafetensorsFile;
 import io.qkern.io.SafetensorsFormatException;
-import java.util.Arrays;
 
 /**
  * A linear layer y = x W^T + b whose weight W [N, K] is split along K (input features): rank r
@@ -110,25 +108,11 @@ public final class RowParallelLinear implements AutoCloseable {
 
     /** y [M, N] = sum over ranks of x_r W_r^T, plus b once; one all-reduce. */
     public Tensor forward(Tensor x) {
-        Tensor xLocal = null;
-        if (input == Input.FULL && comm.size() > 1) {
-            if (x.rank() != 2 || x.shape()[1] != inFeatures()) {
-                throw new IllegalArgumentException("x has shape " + Arrays.toString(x.shape()) + ", expected [M, "
-                        + inFeatures() + "] (the whole input)");
-            }
-            xLocal = Layout.columns(x, inBegin(), inBegin() + local.inFeatures());
-        }
+        Tensor xLocal = input == Input.FULL && comm.size() > 1
+                ? Layout.rankColumns(x, "x", inFeatures(), "the whole input", inBegin(), inBegin() + local.inFeatures())
+                : null;
         try {
-            Tensor y = local.forward(xLocal != null ? xLocal : x);
-            try {
-                if (comm.size() > 1) {
-                    comm.allReduce(y, ReduceOp.SUM);
-                }
-                return y;
-            } catch (RuntimeException e) {
-                y.close();
-                throw e;
-            }
+            return Layout.sumOverRanks(comm, local.forward(xLocal != null ? xLocal : x));
         } finally {
             if (xLocal != null) {
                 xLocal.close();

@@ -360,4 +360,29 @@ class TpNf4LayersTest {
                     e2.getMessage());
         }
     }
+
+    @Test
+    void fullInputsOfTheWrongWidthFailWithTheShape() throws Exception {
+        SplittableRandom rnd = new SplittableRandom(93);
+        float[] w = TpTestData.values(24 * 128, rnd);
+        Path file = dir.resolve("shape.safetensors");
+        TpTestData.write(file, (wr, keep) -> TpTestData.addNf4(wr, "l.weight", w, 24, 128, 64, false, keep));
+        try (SafetensorsFile f = SafetensorsFile.open(file)) {
+            RankFailureException e = assertThrows(RankFailureException.class, () -> onRanks(2, comm -> {
+                try (RowParallelLinear row = RowParallelLinear.readNf4(f, "l", comm, RowParallelLinear.Input.FULL);
+                        Tensor x = Tensor.allocate(DType.F32, Device.CPU, 3, 127)) {
+                    return row.forward(x);
+                }
+            }));
+            assertTrue(e.getMessage().contains("x has shape [3, 127], expected [M, 128] (the whole input)"),
+                    e.getMessage());
+            RankFailureException e2 = assertThrows(RankFailureException.class, () -> onRanks(2, comm -> {
+                try (ColumnParallelLinear col = ColumnParallelLinear.readNf4(f, "l", comm,
+                        ColumnParallelLinear.Output.GATHERED); Tensor dy = Tensor.allocate(DType.F32, Device.CPU, 3, 12)) {
+                    return col.backwardInput(dy);
+                }
+            }));
+            assertTrue(e2.getMessage().contains("dy has shape [3, 12], expected [M, 24]"), e2.getMessage());
+        }
+    }
 }
