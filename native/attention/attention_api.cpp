@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include <algorithm>
+#include <memory>
 #include <vector>
 
 #include "attention/attention_cpu.h"
@@ -250,8 +251,9 @@ qk_status decode_cpu(const qk_tensor* q, const qk_tensor* k_cache, const qk_tens
   float* lse_data = lse ? static_cast<float*>(lse->data) : nullptr;
 
   parallel_for(total_parts, 1, [&](int64_t i0, int64_t i1) {
-    std::vector<float> buf((size_t)(scratch_floats + 2 * Hq * D + Hq));
-    float* scratch = buf.data();
+    // not zeroed: the kernels initialize what they read
+    std::unique_ptr<float[]> buf(new float[(size_t)(scratch_floats + 2 * Hq * D + Hq)]);
+    float* scratch = buf.get();
     float* qf = scratch + scratch_floats;
     float* of = qf + Hq * D;
     float* lf = of + Hq * D;
@@ -261,13 +263,11 @@ qk_status decode_cpu(const qk_tensor* q, const qk_tensor* k_cache, const qk_tens
       const int64_t first = (part - part_start[b]) * pb;
       const int64_t count = std::max<int64_t>(0, std::min(pb, s.num_pages - first));
       const int64_t last_len = first + count == s.num_pages ? s.last_len : cs.block_size;
-      for (int64_t head = 0; head < Hq; head++) {
-        const int64_t base = b * q->strides[0] + head * q->strides[1];
-        for (int64_t d = 0; d < D; d++) qf[head * D + d] = load_float(q->data, q->dtype, base + d);
-      }
+      for (int64_t head = 0; head < Hq; head++)
+        copy_row(q->data, q->dtype, b * q->strides[0] + head * q->strides[1], qf, QK_F32, head * D, D);
       k.decode(view, s.pages + first, count, last_len, qf, (int)Hkv, group, scale, of, lf, scratch);
       if (part_start[b + 1] - part_start[b] == 1) {
-        for (int64_t i = 0; i < Hq * D; i++) store_float(out->data, out->dtype, b * Hq * D + i, of[i]);
+        copy_row(of, QK_F32, 0, out->data, out->dtype, b * Hq * D, Hq * D);
         if (lse_data) memcpy(lse_data + b * Hq, lf, sizeof(float) * (size_t)Hq);
       } else {
         memcpy(&part_out[(size_t)(part * Hq * D)], of, sizeof(float) * (size_t)(Hq * D));
@@ -291,7 +291,7 @@ qk_status decode_cpu(const qk_tensor* q, const qk_tensor* k_cache, const qk_tens
           for (int64_t d = 0; d < D; d++) acc[d] = merge_value(w, acc[d], po[d]);
           acc_lse = w.lse;
         }
-        for (int64_t d = 0; d < D; d++) store_float(out->data, out->dtype, r * D + d, acc[d]);
+        copy_row(acc.data(), QK_F32, 0, out->data, out->dtype, r * D, D);
         if (lse_data) lse_data[r] = acc_lse;
       }
     });

@@ -102,29 +102,49 @@ inline void accumulate_v(const void* v, const int64_t* v_rows, int64_t head_off,
     for (int c = 0; c < N; c++) _mm256_storeu_ps(acc + g * D + d + 8 * c, o[g][c]);
 }
 
-// Tokens per softmax update: a tile gathers rows across pages through per-token offsets, so
-// small blocks (8, 16 tokens) cost the same per token as large ones.
+// Most tokens per softmax update (decode_tile_tokens picks the tile by row size): a tile gathers
+// rows across pages through per-token offsets, so small blocks (8, 16 tokens) cost the same per
+// token as large ones.
 constexpr int kTile = 64;
 
-// Rows of the next tile to pull toward the cache while this one runs: row i spans
-// [rows[i], rows[i] + row_bytes) of K (and of V at v_rows[i]), all KV heads of one token. A
-// cursor walks the slice a few lines per step (no division per line: this runs in the hot loop).
+// The next tile's rows to pull toward the cache while this one runs: row i spans
+// [k_rows[i], k_rows[i] + row_bytes) of K (and of V at v_rows[i]), all KV heads of one token.
+// Each KV head's call takes an equal share of the tile's lines (a share by rows would hand a
+// whole 10-20 KiB row to one head and none to the next when there are more heads than rows, and
+// a burst that size stalls on the cache's miss buffers). A cursor walks the share a few lines
+// per step (no division per line: this runs in the hot loop).
 struct Prefetch {
   const char* k;
   const char* v;
   const int64_t* k_rows;  // byte offsets
   const int64_t* v_rows;
-  int first, count;       // the slice of rows this call prefetches
   int64_t row_bytes;
-  int row = 0;            // cursor: current row of the slice and byte offset in it
-  int64_t line = 0;
+  int64_t row, line;      // cursor: row and byte offset in it
+  int64_t left;           // lines of the share not yet prefetched
+
+  // Share `part` of `parts` of the lines of `rows` rows.
+  Prefetch(const char* k, const char* v, const int64_t* k_rows, const int64_t* v_rows, int64_t row_bytes, int64_t rows,
+           int part, int parts)
+      : k(k), v(v), k_rows(k_rows), v_rows(v_rows), row_bytes(row_bytes) {
+    const int64_t row_lines = (row_bytes + 63) / 64, lines = rows * row_lines;
+    const int64_t begin = lines * part / parts, end = lines * (part + 1) / parts;
+    row = begin / row_lines;
+    line = begin % row_lines * 64;
+    left = end - begin;
+  }
 };
 
-// Prefetches the next `lines` cache lines of the slice.
+// Most lines (of K, and as many of V) a score step prefetches before the V passes take a share.
+// Measured on Zen 3: MHA rows (one score step per KV head and tile, 32 lines each) ran 1.15-1.3x
+// faster with their prefetches spread over the V passes; GQA rows (4-8 lines per step) ran 1-4%
+// slower.
+constexpr int64_t kPrefetchBurst = 8;
+
+// Prefetches the next `lines` cache lines of the share.
 inline void prefetch_lines(Prefetch& pf, int64_t lines) {
-  for (; lines > 0 && pf.row < pf.count; lines--) {
-    _mm_prefetch(pf.k + pf.k_rows[pf.first + pf.row] + pf.line, _MM_HINT_T0);
-    _mm_prefetch(pf.v + pf.v_rows[pf.first + pf.row] + pf.line, _MM_HINT_T0);
+  for (; lines > 0 && pf.left > 0; lines--, pf.left--) {
+    _mm_prefetch(pf.k + pf.k_rows[pf.row] + pf.line, _MM_HINT_T0);
+    _mm_prefetch(pf.v + pf.v_rows[pf.row] + pf.line, _MM_HINT_T0);
     pf.line += 64;
     if (pf.line >= pf.row_bytes) {
       pf.line = 0;
@@ -214,16 +234,31 @@ inline void softmax_update(float* p, int64_t steps, float* m, float* l, float* a
 }
 
 // V for GT heads over tokens [t0, t1), all of head_dim: CH steps along head_dim per pass, so
-// GT * CH * NV = 8 independent accumulators, GT + CH loads per 8 FMAs.
+// GT * CH * NV = 8 independent accumulators, GT + CH loads per 8 FMAs. Before each pass the
+// next `lines` lines of pf are prefetched.
 template <int DT, bool EO, int GT>
 inline void accumulate_v_rows(const void* v, const int64_t* v_rows, int64_t head_off, int64_t t0, int64_t t1, int D,
-                              const float* p, const float* alpha, float* acc) {
+                              const float* p, const float* alpha, float* acc, Prefetch& pf, int64_t lines) {
   using R = Rows<DT, EO>;
   constexpr int CH = 8 / GT / R::NV;
   constexpr int span = CH * R::W;
   int d = 0;
-  for (; d + span <= D; d += span) accumulate_v<DT, EO, GT, CH>(v, v_rows, head_off, t0, t1, d, D, p, alpha, acc);
-  for (; d < D; d += R::W) accumulate_v<DT, EO, GT, 1>(v, v_rows, head_off, t0, t1, d, D, p, alpha, acc);
+  for (; d + span <= D; d += span) {
+    if (pf.left) prefetch_lines(pf, lines);
+    accumulate_v<DT, EO, GT, CH>(v, v_rows, head_off, t0, t1, d, D, p, alpha, acc);
+  }
+  for (; d < D; d += R::W) {
+    if (pf.left) prefetch_lines(pf, lines);
+    accumulate_v<DT, EO, GT, 1>(v, v_rows, head_off, t0, t1, d, D, p, alpha, acc);
+  }
+}
+
+// Passes accumulate_v_rows makes over head_dim D.
+template <int DT, bool EO, int GT>
+constexpr int v_passes(int D) {
+  using R = Rows<DT, EO>;
+  constexpr int span = 8 / GT / R::NV * R::W;
+  return D / span + D % span / R::W;
 }
 
 // Scores of one tile for a head tile of GT heads (q: GT x D): one vector per 8 / GT tokens
@@ -234,7 +269,7 @@ inline void score_rows(const void* k, const int64_t* row, int64_t t, int64_t tok
                        __m256 vscale, float* p, Prefetch& pf, int64_t lines) {
   constexpr int TT = 8 / GT;
   for (int i = 0; i < GT; i++) {
-    if (pf.count) prefetch_lines(pf, lines);
+    if (pf.left) prefetch_lines(pf, lines);
     _mm256_storeu_ps(p + 8 * i, mask_tail<GT>(score_step<DT, EO, GT>(k, row + i * TT, D, q, vscale), tokens - t - i * TT));
   }
 }
@@ -261,9 +296,15 @@ void page_tiles(const CacheView& c, const int64_t* k_rows, const int64_t* v_rows
   const __m256 vscale = _mm256_set1_ps(scale);
   const int64_t steps = (tokens + 7) / 8;
   const int64_t per_head = 8 * steps;  // floats of s per head: head tile j of GT heads at s + j0 * per_head
-  // the prefetches are spread evenly over all score steps of the tile (one per 8 / GT tokens of
-  // each head tile): a burst of them would stall on the cache's miss buffers
-  const int64_t per_step = (pf.count * ((pf.row_bytes + 63) / 64) + steps * group - 1) / (steps * group);
+  // the prefetches are spread evenly over the score steps of the tile (one per 8 / GT tokens of
+  // each head tile), and over its V passes too (one per pass over head_dim) when that would
+  // still leave more than kPrefetchBurst lines per step: a burst would stall on the cache's miss
+  // buffers, while prefetches issued as late as the V passes arrive later than needed
+  const int64_t score_slots = steps * group;
+  const int64_t v_slots = (tokens + kVTile - 1) / kVTile *
+                          (quads * v_passes<DT, EO, 4>(D) + pair * v_passes<DT, EO, 2>(D) + single * v_passes<DT, EO, 1>(D));
+  const int64_t slots = pf.left > kPrefetchBurst * score_slots ? score_slots + v_slots : score_slots;
+  const int64_t per_step = (pf.left + slots - 1) / slots;
   for (int64_t step = 0; step < steps; step++) {
     const int64_t t = step * 8;
     int64_t row[8];
@@ -289,13 +330,13 @@ void page_tiles(const CacheView& c, const int64_t* k_rows, const int64_t* v_rows
     const int64_t t1 = tokens < t0 + kVTile ? tokens : t0 + kVTile;
     for (int j = 0; j < quads; j++)
       accumulate_v_rows<DT, EO, 4>(c.v, v_rows, head_off, t0, t1, D, s + 4 * j * per_head, alpha + 4 * j,
-                                   acc + (int64_t)4 * j * D);
+                                   acc + (int64_t)4 * j * D, pf, per_step);
     if (pair)
       accumulate_v_rows<DT, EO, 2>(c.v, v_rows, head_off, t0, t1, D, s + g_pair * per_head, alpha + g_pair,
-                                   acc + (int64_t)g_pair * D);
+                                   acc + (int64_t)g_pair * D, pf, per_step);
     if (single)
       accumulate_v_rows<DT, EO, 1>(c.v, v_rows, head_off, t0, t1, D, s + g_single * per_head, alpha + g_single,
-                                   acc + (int64_t)g_single * D);
+                                   acc + (int64_t)g_single * D, pf, per_step);
   }
 }
 
@@ -338,26 +379,18 @@ void decode_avx2(const CacheView& c, const int32_t* pages, int64_t num_pages, in
   // offsets of the next tile's rows for the prefetcher (the next page is at an unrelated address,
   // which the hardware prefetchers cannot guess)
   int64_t k_rows[kTile], v_rows[kTile], next_k[kTile], next_v[kTile];
-  for (int64_t t0 = 0; t0 < total; t0 += kTile) {
-    const int64_t n = total - t0 < kTile ? total - t0 : kTile;
-    for (int64_t i = 0; i < n; i++) {
-      const int64_t tok = t0 + i, page = pages[tok / c.block_size], off = tok % c.block_size;
-      k_rows[i] = page * c.k_block_stride + off * c.token_stride;
-      v_rows[i] = page * c.v_block_stride + off * c.token_stride;
-    }
-    const int64_t next_n = total - t0 - n < kTile ? total - t0 - n : kTile;
-    for (int64_t i = 0; i < next_n; i++) {
-      const int64_t tok = t0 + n + i, page = pages[tok / c.block_size], off = tok % c.block_size;
-      next_k[i] = (page * c.k_block_stride + off * c.token_stride) * es;
-      next_v[i] = (page * c.v_block_stride + off * c.token_stride) * es;
-    }
+  const int64_t tile = decode_tile_tokens(c.token_stride * es);
+  for (int64_t t0 = 0; t0 < total; t0 += tile) {
+    const int64_t n = total - t0 < tile ? total - t0 : tile;
+    tile_rows(c, pages, t0, n, 1, k_rows, v_rows);
+    const int64_t next_n = total - t0 - n < tile ? total - t0 - n : tile;
+    tile_rows(c, pages, t0 + n, next_n, es, next_k, next_v);
     for (int kvh = 0; kvh < kv_heads; kvh++) {
       float* acc = scratch + kvh * head_floats;
       float* m = acc + (int64_t)padded * D;
       float* l = m + padded;
       float* alpha = l + padded;
-      const int first = (int)(next_n * kvh / kv_heads), last = (int)(next_n * (kvh + 1) / kv_heads);
-      Prefetch pf{(const char*)c.k, (const char*)c.v, next_k, next_v, first, last - first, c.token_stride * es};
+      Prefetch pf((const char*)c.k, (const char*)c.v, next_k, next_v, c.token_stride * es, next_n, kvh, kv_heads);
       const float* qh = q + (int64_t)kvh * group * D;
       const int64_t head_off = (int64_t)kvh * D;
       switch (c.dtype) {

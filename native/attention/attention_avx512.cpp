@@ -92,8 +92,9 @@ inline void accumulate_v(const void* v, const int64_t* v_rows, int64_t head_off,
     for (int c = 0; c < CH; c++) _mm512_storeu_ps(acc + g * D + d + 16 * c, o[g][c]);
 }
 
-// Tokens per softmax update: a tile gathers rows across pages through per-token offsets, so
-// small blocks (8, 16 tokens) cost the same per token as large ones.
+// Most tokens per softmax update (decode_tile_tokens picks the tile by row size): a tile gathers
+// rows across pages through per-token offsets, so small blocks (8, 16 tokens) cost the same per
+// token as large ones.
 constexpr int kTile = 64;
 
 // Rows of the next tile to pull toward the cache while this one runs: row i spans
@@ -283,19 +284,12 @@ void decode_avx512(const CacheView& c, const int32_t* pages, int64_t num_pages, 
   // offsets of the next tile's rows for the prefetcher (the next page is at an unrelated address,
   // which the hardware prefetchers cannot guess)
   int64_t k_rows[kTile], v_rows[kTile], next_k[kTile], next_v[kTile];
-  for (int64_t t0 = 0; t0 < total; t0 += kTile) {
-    const int64_t n = total - t0 < kTile ? total - t0 : kTile;
-    for (int64_t i = 0; i < n; i++) {
-      const int64_t tok = t0 + i, page = pages[tok / c.block_size], off = tok % c.block_size;
-      k_rows[i] = page * c.k_block_stride + off * c.token_stride;
-      v_rows[i] = page * c.v_block_stride + off * c.token_stride;
-    }
-    const int64_t next_n = total - t0 - n < kTile ? total - t0 - n : kTile;
-    for (int64_t i = 0; i < next_n; i++) {
-      const int64_t tok = t0 + n + i, page = pages[tok / c.block_size], off = tok % c.block_size;
-      next_k[i] = (page * c.k_block_stride + off * c.token_stride) * es;
-      next_v[i] = (page * c.v_block_stride + off * c.token_stride) * es;
-    }
+  const int64_t tile = decode_tile_tokens(c.token_stride * es);
+  for (int64_t t0 = 0; t0 < total; t0 += tile) {
+    const int64_t n = total - t0 < tile ? total - t0 : tile;
+    tile_rows(c, pages, t0, n, 1, k_rows, v_rows);
+    const int64_t next_n = total - t0 - n < tile ? total - t0 - n : tile;
+    tile_rows(c, pages, t0 + n, next_n, es, next_k, next_v);
     for (int kvh = 0; kvh < kv_heads; kvh++) {
       float* acc = scratch + kvh * head_floats;
       float* m = acc + (int64_t)padded * D;

@@ -19,6 +19,33 @@ struct CacheView {
   int32_t head_dim;
 };
 
+// Tokens per softmax tile for rows of `row_bytes` (all KV heads of one token): the most, up to
+// 64, whose K rows fit in 32 KiB. A tile is walked once per KV head, so its rows are read as
+// `tile` interleaved strided streams: 64 rows of 2 KiB read that way ran at ~40% of the speed of
+// the same bytes read token by token (measured on Zen 3), while a tile that stays in L1 between
+// the KV heads costs nothing extra. Never below 8, the score step's width.
+inline int decode_tile_tokens(int64_t row_bytes) {
+  int tile = 8;
+  while (tile < 64 && 2 * tile * row_bytes <= 32768) tile *= 2;
+  return tile;
+}
+
+// Offsets of the rows of tokens [t0, t0 + n) of a page list, times `unit` (1: elements, the
+// element size: bytes): K row i at k_rows[i], V row i at v_rows[i]. Walks page and offset
+// instead of dividing per token.
+inline void tile_rows(const CacheView& c, const int32_t* pages, int64_t t0, int64_t n, int64_t unit, int64_t* k_rows,
+                      int64_t* v_rows) {
+  int64_t page = t0 / c.block_size, off = t0 % c.block_size;
+  for (int64_t i = 0; i < n; i++) {
+    k_rows[i] = (pages[page] * c.k_block_stride + off * c.token_stride) * unit;
+    v_rows[i] = (pages[page] * c.v_block_stride + off * c.token_stride) * unit;
+    if (++off == c.block_size) {
+      off = 0;
+      page++;
+    }
+  }
+}
+
 // Floats of the per-tile score buffer (scores of one tile of tokens for up to 8 heads).
 inline int64_t decode_score_floats(int group, int block_size) {
   const int64_t padded_group = (group + 7) / 8 * 8;

@@ -317,7 +317,10 @@ int main() {
       decode_case(path, 1, 14, 2, 48, 8, dt, {65}, 0, false, rng);
       decode_case(path, 2, 16, 2, 128, 16, dt, {513, 1}, 0, false, rng);
       decode_case(path, 1, 16, 2, 128, 32, dt, {200}, 2, true, rng);
+      // rows of 2-4 KiB (all KV heads of a token): the SIMD kernels take tiles of 8 or 16 tokens
+      decode_case(path, 2, 16, 8, 128, 16, dt, {37, 100}, 0, false, rng);
     }
+    decode_case(path, 1, 8, 4, 128, 8, QK_BF16, {77}, 0, true, rng);  // 1 KiB rows: tiles of 32 tokens
   }
   qk_cpu_set_path("auto");
   bad_arguments();
