@@ -20,6 +20,8 @@ import java.util.SplittableRandom;
  *
  * <p>Traffic counted ({@code gbps}): the K and V bytes the call must read,
  * {@code 2 * B * T * Hkv * D * dtype size}; queries and outputs are negligible beside them.
+ * Both layouts are timed in alternation; {@code paged_over_dense} is the median over sample
+ * pairs of the paged layout's throughput over the dense one's.
  */
 final class AttentionBench implements BenchSuite {
     static final int HEAD_DIM = 128;
@@ -45,59 +47,111 @@ final class AttentionBench implements BenchSuite {
             for (DType dt : dtypes) {
                 String shape = "B" + batch + "xT" + context + "xH" + h[0] + "/" + h[1];
                 ctx.note("preparing " + shape + " " + dt);
-                double dense = measure(ctx, batch, context, h, dt, PagedKvCache.MAX_BLOCK_SIZE, false, shape, Double.NaN);
-                measure(ctx, batch, context, h, dt, PagedKvCache.DEFAULT_BLOCK_SIZE, true, shape, dense);
+                try (Setup dense = new Setup(ctx.device(), batch, context, h, dt, PagedKvCache.MAX_BLOCK_SIZE, false);
+                        Setup paged = new Setup(ctx.device(), batch, context, h, dt, PagedKvCache.DEFAULT_BLOCK_SIZE,
+                                true)) {
+                    // timed in alternation: the ratio is what the target is about, and on a shared
+                    // machine two separate medians can differ by more than the layouts do
+                    BenchContext.Paired t = ctx.secondsPaired(dense::decode, paged::decode);
+                    long kvBytes = 2L * batch * context * h[1] * HEAD_DIM * dt.byteSize();
+                    dense.emit(ctx, shape, t.firstSeconds(), kvBytes, Double.NaN);
+                    paged.emit(ctx, shape, t.secondSeconds(), kvBytes, 1 / t.medianRatio());
+                }
             }
         }
     }
 
-    /** Times one configuration, reports it, and returns its seconds per call. */
-    private static double measure(BenchContext ctx, int batch, int context, int[] h, DType dt, int blockSize,
-            boolean shuffled, String shape, double denseSeconds) {
-        Device device = ctx.device();
-        int pages = (context + blockSize - 1) / blockSize;
-        int blocks = batch * pages;
-        PagedKvCache.Spec spec = new PagedKvCache.Spec(1, blocks, blockSize, h[1], HEAD_DIM, dt);
-        int[] ids = new int[blocks];
-        SplittableRandom rnd = new SplittableRandom(7);
-        for (int i = 0; i < blocks; i++) {
-            ids[i] = i;
-        }
-        if (shuffled) {  // a server's tables after a while: blocks anywhere in the pool
-            for (int i = blocks - 1; i > 0; i--) {
-                int j = rnd.nextInt(i + 1);
-                int t = ids[i];
-                ids[i] = ids[j];
-                ids[j] = t;
+    /** One layout's cache, tables, query and outputs. */
+    private static final class Setup implements AutoCloseable {
+        private final int blockSize;
+        private final boolean shuffled;
+        private final PagedKvCache cache;
+        private final Tensor tables;
+        private final Tensor seqLens;
+        private final Tensor q;
+        private final Tensor out;
+        private final Tensor lse;
+
+        Setup(Device device, int batch, int context, int[] h, DType dt, int blockSize, boolean shuffled) {
+            this.blockSize = blockSize;
+            this.shuffled = shuffled;
+            int pages = (context + blockSize - 1) / blockSize;
+            int blocks = batch * pages;
+            int[] ids = new int[blocks];
+            SplittableRandom rnd = new SplittableRandom(7);
+            for (int i = 0; i < blocks; i++) {
+                ids[i] = i;
+            }
+            if (shuffled) {  // a server's tables after a while: blocks anywhere in the pool
+                for (int i = blocks - 1; i > 0; i--) {
+                    int j = rnd.nextInt(i + 1);
+                    int t = ids[i];
+                    ids[i] = ids[j];
+                    ids[j] = t;
+                }
+            }
+            int[] lens = new int[batch];
+            java.util.Arrays.fill(lens, context);
+            float[] qv = new float[batch * h[0] * HEAD_DIM];
+            for (int i = 0; i < qv.length; i++) {
+                qv[i] = (float) rnd.nextGaussian();
+            }
+            List<AutoCloseable> made = new java.util.ArrayList<>();
+            try {
+                cache = add(made, PagedKvCache.allocate(device, new PagedKvCache.Spec(1, blocks, blockSize, h[1],
+                        HEAD_DIM, dt)));
+                try (Tensor hostTables = hostInts(ids, batch, pages); Tensor hostLens = hostInts(lens, batch);
+                        Tensor hostQ = Tensor.ofFloats(qv, batch, h[0], HEAD_DIM)) {
+                    tables = add(made, hostTables.copyTo(device));
+                    seqLens = add(made, hostLens.copyTo(device));
+                    q = add(made, hostQ.copyTo(device));
+                }
+                out = add(made, Tensor.allocate(DType.F32, device, batch, h[0], HEAD_DIM));
+                lse = add(made, Tensor.allocate(DType.F32, device, batch, h[0]));
+                fill(cache.key(0), 1);
+                fill(cache.value(0), 2);
+            } catch (RuntimeException e) {
+                for (AutoCloseable c : made.reversed()) {
+                    try {
+                        c.close();
+                    } catch (Exception suppressed) {
+                        e.addSuppressed(suppressed);
+                    }
+                }
+                throw e;
             }
         }
-        int[] lens = new int[batch];
-        java.util.Arrays.fill(lens, context);
-        float[] qv = new float[batch * h[0] * HEAD_DIM];
-        for (int i = 0; i < qv.length; i++) {
-            qv[i] = (float) rnd.nextGaussian();
+
+        private static <T extends AutoCloseable> T add(List<AutoCloseable> made, T resource) {
+            made.add(resource);
+            return resource;
         }
-        try (PagedKvCache cache = PagedKvCache.allocate(device, spec);
-                Tensor hostTables = hostInts(ids, batch, pages); Tensor hostLens = hostInts(lens, batch);
-                Tensor tables = hostTables.copyTo(device); Tensor seqLens = hostLens.copyTo(device);
-                Tensor hostQ = Tensor.ofFloats(qv, batch, h[0], HEAD_DIM); Tensor q = hostQ.copyTo(device);
-                Tensor out = Tensor.allocate(DType.F32, device, batch, h[0], HEAD_DIM);
-                Tensor lse = Tensor.allocate(DType.F32, device, batch, h[0])) {
-            fill(cache.key(0), 1);
-            fill(cache.value(0), 2);
-            float scale = (float) (1 / Math.sqrt(HEAD_DIM));
-            double t = ctx.seconds(() -> PagedAttention.decodeInto(q, cache, 0, tables, seqLens, scale, 0, out, lse));
-            long kvBytes = 2L * batch * context * h[1] * HEAD_DIM * dt.byteSize();
+
+        void decode() {
+            PagedAttention.decodeInto(q, cache, 0, tables, seqLens, (float) (1 / Math.sqrt(HEAD_DIM)), 0, out, lse);
+        }
+
+        /** Reports this layout's time; pagedOverDense (throughput) only for the paged layout. */
+        void emit(BenchContext ctx, String shape, double seconds, long kvBytes, double pagedOverDense) {
             Map<String, Object> extra = new LinkedHashMap<>();
             extra.put("layout", shuffled ? "paged" : "dense");
             extra.put("block_size", blockSize);
             extra.put("kv_mib", Math.round(kvBytes / 1048576.0));
-            if (!Double.isNaN(denseSeconds)) {
-                extra.put("paged_over_dense", Math.round(denseSeconds / t * 1000) / 1000.0);
+            if (!Double.isNaN(pagedOverDense)) {
+                extra.put("paged_over_dense", Math.round(pagedOverDense * 1000) / 1000.0);
             }
-            ctx.emit(shuffled ? "paged_decode" : "dense_decode", shape, dt.name().toLowerCase(), ctx.backend(), t,
-                    kvBytes, extra);
-            return t;
+            ctx.emit(shuffled ? "paged_decode" : "dense_decode", shape, cache.spec().dtype().name().toLowerCase(),
+                    ctx.backend(), seconds, kvBytes, extra);
+        }
+
+        @Override
+        public void close() {
+            lse.close();
+            out.close();
+            q.close();
+            seqLens.close();
+            tables.close();
+            cache.close();
         }
     }
 

@@ -92,6 +92,54 @@ final class BenchContext implements AutoCloseable {
         return samples[samples.length / 2];
     }
 
+    /** Median seconds per call of two operations timed in alternation, and the median of their ratios. */
+    record Paired(double firstSeconds, double secondSeconds, double medianRatio) {}
+
+    /**
+     * Times {@code first} and {@code second} as {@link #seconds} does, but in alternating samples
+     * (first, second, second, first, ...), so that load from other processes on a shared machine
+     * falls on both alike; {@code medianRatio} is the median over sample pairs of
+     * second's time / first's time.
+     */
+    Paired secondsPaired(Runnable first, Runnable second) {
+        long warmupUntil = System.nanoTime() + (quick ? 50_000_000L : 300_000_000L);
+        int calls = 0;
+        long t0 = System.nanoTime();
+        do {
+            first.run();
+            second.run();
+            calls++;
+        } while (calls < 2 || System.nanoTime() < warmupUntil);
+        double perCall = (System.nanoTime() - t0) / 1e9 / calls / 2;
+        double sampleSeconds = quick ? 0.005 : 0.05;
+        int repeats = (int) Math.max(1, Math.min(1_000_000, Math.ceil(sampleSeconds / Math.max(perCall, 1e-9))));
+        int pairs = quick ? 3 : 9;
+        double[] a = new double[pairs];
+        double[] b = new double[pairs];
+        double[] ratio = new double[pairs];
+        for (int s = 0; s < pairs; s++) {
+            for (int k = 0; k < 2; k++) {
+                boolean firstNow = (s + k) % 2 == 0;
+                Runnable op = firstNow ? first : second;
+                long start = System.nanoTime();
+                for (int r = 0; r < repeats; r++) {
+                    op.run();
+                }
+                double t = (System.nanoTime() - start) / 1e9 / repeats;
+                if (firstNow) {
+                    a[s] = t;
+                } else {
+                    b[s] = t;
+                }
+            }
+            ratio[s] = b[s] / a[s];
+        }
+        Arrays.sort(a);
+        Arrays.sort(b);
+        Arrays.sort(ratio);
+        return new Paired(a[pairs / 2], b[pairs / 2], ratio[pairs / 2]);
+    }
+
     /** The read bandwidth measured no longer than 15 s ago, re-measuring if needed. */
     double probeGbps() {
         if (Double.isNaN(probeGbps) || System.nanoTime() - probeAt > PROBE_MAX_AGE_NANOS) {
