@@ -98,7 +98,11 @@ QK_API qk_status qk_device_memory(int32_t device_kind, int32_t device_index, int
                                   int64_t* total_bytes);
 
 /* ---- memory ------------------------------------------------------------------------- */
-/** 64-byte aligned on the host, cudaMalloc on CUDA. nbytes == 0 gives NULL and QK_OK. */
+/**
+ * 64-byte aligned on the host, cudaMalloc on CUDA. nbytes == 0 gives NULL and QK_OK. Host
+ * allocations of 4 MiB or more are 2 MiB aligned and, on Linux, advised for transparent huge
+ * pages (MADV_HUGEPAGE) before first use. Contents are undefined.
+ */
 QK_API qk_status qk_malloc(int32_t device_kind, int32_t device_index, int64_t nbytes, void** out);
 QK_API qk_status qk_free(int32_t device_kind, int32_t device_index, void* ptr);
 /** Any direction between host and device; asynchronous on a non-NULL CUDA stream. */
@@ -208,6 +212,13 @@ QK_API qk_status qk_matmul_f32(const qk_tensor* x, const qk_tensor* w, const qk_
  */
 QK_API qk_status qk_probe_read_bandwidth(const qk_tensor* buf, int32_t repetitions, double* gbps_out,
                                          char* best_pattern, int64_t best_pattern_len);
+
+/**
+ * Floating-point peak probe for compute-bound kernels: the best GFLOP/s (1e9 float32 flops/s,
+ * an FMA counting 2) over `repetitions` passes of independent FMA chains of the CPU path's
+ * widest vectors (AVX-512, AVX2 + FMA, or scalar multiply-adds) on every CPU worker thread.
+ */
+QK_API qk_status qk_probe_fma_peak(int32_t repetitions, double* gflops_out);
 
 
 /* ---- APMM (arbitrary-precision quantized matmul, bit-plane decomposition) ------------- */

@@ -1,12 +1,13 @@
 // Paged decode attention for AVX2 + FMA + F16C. Compiled with those flags only in this file and
 // reached only after cpuid says the CPU has them.
 //
-// Per 64-token tile and per pair of query heads of the group: scores for every token of the
-// tile (4 tokens x 2 heads per step, q held in registers, each K vector feeding both heads),
-// an online-softmax update, then V accumulated over 2 heads x 32 output lanes in registers.
-// Tiles are the outer loop, so every K/V row comes from memory once per group; the head pairs
-// after the first re-read it from cache. BF16 rows are widened 16 elements at a time into
-// even/odd vectors (see Rows).
+// Per tile of 8-64 tokens (decode_tile_tokens: the tile's K rows of all KV heads fit in L1),
+// per KV head, and per tile of 4 (then 2, 1) query heads of its group: scores for every token
+// of the tile (2 tokens x 4 heads per step, each K vector feeding several heads), an
+// online-softmax update, then V accumulated over 4 heads x 16 output lanes in registers.
+// Tiles are the outer loop, so every K/V row comes from memory once per group; the head tiles
+// after the first re-read it from cache, and the next tile is prefetched while this one runs.
+// BF16 rows are widened 16 elements at a time into even/odd vectors (see Rows).
 #include <immintrin.h>
 #include <math.h>
 #include <string.h>

@@ -78,6 +78,50 @@ uint64_t read_scalar(const uint8_t* p, int64_t bytes, int streams) {
   return r;
 }
 
+// Independent FMA chains, enough to cover FMA latency x throughput on current cores; returns a
+// value that depends on every chain (keeps the loop alive). flops = iters * 12 * lanes * 2.
+constexpr int kFmaChains = 12;
+
+__attribute__((target("avx512f"))) float fma_avx512(int64_t iters) {
+  __m512 a[kFmaChains];
+  for (int j = 0; j < kFmaChains; j++) a[j] = _mm512_set1_ps(0.001f * (float)j);
+  const __m512 b = _mm512_set1_ps(0.999f), c = _mm512_set1_ps(0.0001f);
+  for (int64_t i = 0; i < iters; i++) {
+#pragma GCC unroll 12
+    for (int j = 0; j < kFmaChains; j++) a[j] = _mm512_fmadd_ps(a[j], b, c);
+  }
+  __m512 s = a[0];
+  for (int j = 1; j < kFmaChains; j++) s = _mm512_add_ps(s, a[j]);
+  return _mm512_reduce_add_ps(s);
+}
+
+__attribute__((target("avx2,fma"))) float fma_avx2(int64_t iters) {
+  __m256 a[kFmaChains];
+  for (int j = 0; j < kFmaChains; j++) a[j] = _mm256_set1_ps(0.001f * (float)j);
+  const __m256 b = _mm256_set1_ps(0.999f), c = _mm256_set1_ps(0.0001f);
+  for (int64_t i = 0; i < iters; i++) {
+#pragma GCC unroll 12
+    for (int j = 0; j < kFmaChains; j++) a[j] = _mm256_fmadd_ps(a[j], b, c);
+  }
+  __m256 s = a[0];
+  for (int j = 1; j < kFmaChains; j++) s = _mm256_add_ps(s, a[j]);
+  alignas(32) float lanes[8];
+  _mm256_store_ps(lanes, s);
+  return lanes[0] + lanes[7];
+}
+
+float fma_scalar(int64_t iters) {
+  float a[kFmaChains];
+  for (int j = 0; j < kFmaChains; j++) a[j] = 0.001f * (float)j;
+  for (int64_t i = 0; i < iters; i++) {
+#pragma GCC unroll 12
+    for (int j = 0; j < kFmaChains; j++) a[j] = a[j] * 0.999f + 0.0001f;
+  }
+  float s = 0.0f;
+  for (float v : a) s += v;
+  return s;
+}
+
 struct Pattern {
   const char* name;
   int streams;
@@ -136,6 +180,38 @@ extern "C" QK_API qk_status qk_probe_read_bandwidth(const qk_tensor* buf, int32_
       std::string name = std::string("cpu ") + qk_cpu_path() + " " + best_name;
       snprintf(best_pattern, (size_t)best_pattern_len, "%s", name.c_str());
     }
+    return QK_OK;
+  });
+}
+
+extern "C" QK_API qk_status qk_probe_fma_peak(int32_t repetitions, double* gflops_out) {
+  const char* fn = "qk_probe_fma_peak";
+  return qk::guard(fn, [&]() -> qk_status {
+    if (!gflops_out) return qk::fail(QK_ERR_INVALID_ARGUMENT, "%s: gflops_out is NULL", fn);
+    if (repetitions < 1 || repetitions > 1000)
+      return qk::fail(QK_ERR_INVALID_ARGUMENT, "%s: repetitions must be 1..1000, got %d", fn, repetitions);
+    const CpuPath path = qk::cpu_path();
+    const int lanes = path == CpuPath::Avx512 ? 16 : path == CpuPath::Avx2 ? 8 : 1;
+    // units of ~2-4 ms each, 4 per worker thread: long enough to dwarf the pool's dispatch and a late-waking worker
+    const int64_t iters = path == CpuPath::Scalar ? 2000000 : 1000000;
+    const int64_t units = 4 * (int64_t)qk::worker_threads();
+    double best = 0.0;
+    for (int r = 0; r < repetitions; r++) {
+      auto t0 = std::chrono::steady_clock::now();
+      qk::parallel_for(units, 1, [&](int64_t u0, int64_t u1) {
+        for (int64_t u = u0; u < u1; u++) {
+          const float v = path == CpuPath::Avx512 ? fma_avx512(iters)
+                          : path == CpuPath::Avx2 ? fma_avx2(iters)
+                                                  : fma_scalar(iters);
+          uint32_t bits;
+          memcpy(&bits, &v, sizeof bits);
+          g_sink.fetch_xor(bits, std::memory_order_relaxed);
+        }
+      });
+      double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      best = std::max(best, (double)units * (double)iters * kFmaChains * lanes * 2 / s / 1e9);
+    }
+    *gflops_out = best;
     return QK_OK;
   });
 }

@@ -124,6 +124,16 @@ public final class Qkern {
         }
     }
 
+    /**
+     * Measures the CPU's float32 peak in GFLOP/s (1e9 flops/s, an FMA counting 2): independent
+     * FMA chains of the CPU path's widest vectors on every worker thread, best of
+     * {@code repetitions} passes. The yardstick for compute-bound kernels, as
+     * {@link #probeReadBandwidth} is for memory-bound ones.
+     */
+    public static double probeFmaPeak(int repetitions) {
+        return NativeLib.get().probeFmaPeak(repetitions);
+    }
+
     /** A bandwidth probe result. */
     public record Bandwidth(double gbps, String pattern) {}
 }

@@ -473,6 +473,16 @@ class NativeAbiBadArgumentsTest {
                 new long[] {128}, new long[] {1}), 1, pattern), "needs 512 bytes but its buffer holds 4");
     }
 
+    @Test
+    void fmaPeakProbe() {
+        expect(Status.INVALID_ARGUMENT, () -> lib.probeFmaPeak(0), "qk_probe_fma_peak", "repetitions must be 1..1000, got 0");
+        expect(Status.INVALID_ARGUMENT, () -> lib.probeFmaPeak(1001), "got 1001");
+        // a real measurement: at least one scalar multiply-add per ns on one thread, and no more
+        // than 16-lane FMAs on 4 pipes at 6 GHz on every thread
+        double g = Qkern.probeFmaPeak(2);
+        assertTrue(g > 1 && g < Qkern.cpuThreads() * 6.0 * 4 * 32, "FMA peak " + g + " GFLOP/s");
+    }
+
     // ---- freed buffers, in Java terms: closed tensors never reach native code ---------------------------------------
 
     @Test

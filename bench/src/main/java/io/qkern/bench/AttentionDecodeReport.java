@@ -102,9 +102,11 @@ public final class AttentionDecodeReport {
         List<Double> probes = new ArrayList<>();
         List<String> patterns = new ArrayList<>();
         List<Row> rows = new ArrayList<>();
+        List<Double> fmaPeaks = new ArrayList<>();
         try (Tensor buf = Tensor.allocate(DType.U8, Device.CPU, 512L << 20)) {
             buf.fillBytes(1);
             double before = probe(buf, probes, patterns);
+            fmaPeaks.add(Qkern.probeFmaPeak(5));
             List<Group> groups = plan(quick);
             for (int gi = 0; gi < groups.size(); gi++) {
                 Group g = groups.get(gi);
@@ -141,18 +143,21 @@ public final class AttentionDecodeReport {
                     }
                 }
                 before = after;
+                fmaPeaks.add(Qkern.probeFmaPeak(5));
             }
         }
+        double[] f = fmaPeaks.stream().mapToDouble(Double::doubleValue).sorted().toArray();
+        double fmaPeak = f[f.length / 2];
         double[] p = probes.stream().mapToDouble(Double::doubleValue).sorted().toArray();
         double probe = p[p.length / 2];
         String pattern = mostFrequent(patterns);
         Files.createDirectories(outDir);
         StringBuilder json = new StringBuilder();
         for (Row r : rows) {
-            json.append(jsonLine(r, probe, pattern, dense(rows, r), quick)).append('\n');
+            json.append(jsonLine(r, probe, pattern, fmaPeak, dense(rows, r), quick)).append('\n');
         }
         writeAtomically(outDir.resolve("attention-cpu.json"), json.toString());
-        writeAtomically(outDir.resolve("attention-cpu.md"), markdown(rows, probe, p, pattern, started, quick));
+        writeAtomically(outDir.resolve("attention-cpu.md"), markdown(rows, probe, p, pattern, f, started, quick));
         System.out.println("wrote " + outDir.resolve("attention-cpu.json") + " and attention-cpu.md");
     }
 
@@ -193,17 +198,18 @@ public final class AttentionDecodeReport {
                 .findFirst().orElse(null);
     }
 
-    static String jsonLine(Row r, double probe, String pattern, Row dense, boolean quick) {
+    static String jsonLine(Row r, double probe, String pattern, double fmaPeak, Row dense, boolean quick) {
         StringBuilder s = new StringBuilder("{");
         s.append(String.format(Locale.ROOT, "\"kernel\":\"paged_decode\",\"backend\":\"cpu-%s\",\"threads\":%d,"
                         + "\"batch\":%d,\"context\":%d,\"heads\":\"%s\",\"head_dim\":%d,\"block_size\":%d,"
                         + "\"dtype\":\"%s\",\"layout\":\"%s\",\"kv_bytes\":%d,\"seconds\":%.6e,\"seconds_min\":%.6e,"
                         + "\"seconds_max\":%.6e,\"gbps\":%.3f,\"pct_of_probe\":%.1f,\"probe_gbps\":%.2f,"
                         + "\"probe_pattern\":\"%s\",\"probe_gbps_adjacent\":%.2f,\"other_processes_cores\":%.2f,"
-                        + "\"gflops\":%.1f",
+                        + "\"gflops\":%.1f,\"fma_peak_gflops\":%.1f,\"pct_of_fma_peak\":%.1f",
                 Qkern.cpuPath(), Qkern.cpuThreads(), r.batch(), r.context(), r.heads(), AttentionDecodeBenchmark.HEAD_DIM,
                 r.blockSize(), r.dtype(), r.layout(), r.kvBytes(), r.seconds(), r.secondsMin(), r.secondsMax(),
-                r.gbps(), 100 * r.gbps() / probe, probe, pattern, r.probeAdjacent(), r.otherCores(), r.gflops()));
+                r.gbps(), 100 * r.gbps() / probe, probe, pattern, r.probeAdjacent(), r.otherCores(), r.gflops(),
+                fmaPeak, 100 * r.gflops() / fmaPeak));
         if (dense != null) {
             s.append(String.format(Locale.ROOT, ",\"dense_seconds\":%.6e,\"paged_over_dense_throughput\":%.3f",
                     dense.seconds(), dense.seconds() / r.seconds()));
@@ -214,7 +220,9 @@ public final class AttentionDecodeReport {
         return s.append('}').toString();
     }
 
-    static String markdown(List<Row> rows, double probe, double[] probes, String pattern, String started, boolean quick) {
+    static String markdown(List<Row> rows, double probe, double[] probes, String pattern, double[] fmaPeaks,
+            String started, boolean quick) {
+        double fmaPeak = fmaPeaks[fmaPeaks.length / 2];
         StringBuilder m = new StringBuilder("# Paged decode attention on the CPU\n\n");
         if (quick) {
             m.append("**--quick smoke run: short iterations, not a result.**\n\n");
@@ -237,19 +245,24 @@ public final class AttentionDecodeReport {
         m.append(String.format(Locale.ROOT, "**Read-bandwidth probe: %.2f GB/s** (median of %d calls in this process, "
                 + "range %.2f-%.2f; most frequent best pattern: %s). The machine is shared: see the other-processes "
                 + "column.%n%n", probe, probes.length, probes[0], probes[probes.length - 1], pattern));
+        m.append(String.format(Locale.ROOT, "**FMA peak probe: %.0f GFLOP/s** (float32, independent FMA chains on every "
+                + "worker thread; median of %d calls, range %.0f-%.0f): the roofline for the rows whose arithmetic per "
+                + "KV byte makes them compute-bound.%n%n", fmaPeak, fmaPeaks.length, fmaPeaks[0],
+                fmaPeaks[fmaPeaks.length - 1]));
         m.append("Layouts: `paged` = blocks of all sequences in a random permutation of the pool; `dense` = each "
                 + "sequence's KV contiguous ([B, T, Hkv, D], the non-paged layout), read by the same kernel through an "
                 + "identity table of 256-token blocks (the dense baseline).\n\n");
         m.append("| batch | context | Hq x Hkv | block | dtype | layout | KV MiB | ms | GB/s | % of probe | "
-                + "paged / dense throughput | GFLOP/s | other procs (cores) |\n");
-        m.append("|---:|---:|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|\n");
+                + "paged / dense throughput | GFLOP/s | % of FMA peak | other procs (cores) |\n");
+        m.append("|---:|---:|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
         for (Row r : rows) {
             Row d = dense(rows, r);
-            m.append(String.format(Locale.ROOT, "| %d | %d | %s | %d | %s | %s | %.0f | %.3f | %.2f | %.0f%% | %s | %.0f | %.2f |%n",
+            m.append(String.format(Locale.ROOT,
+                    "| %d | %d | %s | %d | %s | %s | %.0f | %.3f | %.2f | %.0f%% | %s | %.0f | %.0f%% | %.2f |%n",
                     r.batch(), r.context(), r.heads(), r.blockSize(), r.dtype(), r.layout(), r.kvBytes() / 1048576.0,
                     r.seconds() * 1e3, r.gbps(), 100 * r.gbps() / probe,
                     d == null ? "" : String.format(Locale.ROOT, "%.2f", d.seconds() / r.seconds()), r.gflops(),
-                    r.otherCores()));
+                    100 * r.gflops() / fmaPeak, r.otherCores()));
         }
         m.append("""
 
@@ -258,13 +271,16 @@ public final class AttentionDecodeReport {
                   dense (paged / dense throughput >= 0.90).
                 - Arithmetic per KV byte grows with the query group (Hq / Hkv): every K element takes part in
                   `group` multiply-adds for the scores and every V element in `group` for the output, so one
-                  decode call does 4 * B * T * Hq * D flops (the GFLOP/s column). With BF16 KV and groups of 4-8
-                  that is 4-8 flops per byte read, and 50% of a ~30 GB/s probe would take 60-120 GFLOP/s. The
-                  AVX2 kernel's inner loops are paced by L1 loads (a q chunk, a probability broadcast or a K/V
-                  row per few FMAs) and the BF16 widening, not by memory, for those rows; MHA (40x40, group 1)
-                  and F32 KV come closest to the memory bound.
-                - `paged / dense` compares runs of the same group a few seconds apart on a shared machine; single
-                  rows far from 1 in either direction are noise (compare the other-processes column).
+                  decode call does 4 * B * T * Hq * D flops (the GFLOP/s column). With BF16 KV and a group of 8
+                  (64x8) that is 8 flops per byte read: 50% of the read probe then needs ~4x the probe's GB/s in
+                  GFLOP/s, over 60% of the FMA peak probe, which the kernel's loops (loads, BF16 widening,
+                  horizontal sums and the softmax around every FMA) do not reach on AVX2; those rows are
+                  compute-bound and their `% of FMA peak` is the figure to read. MHA (40x40, group 1) and F32 KV
+                  come closest to the memory bound.
+                - `paged / dense` here compares two JMH runs of the same group a few seconds apart on a shared
+                  machine: single rows far from 1 in either direction are noise (compare the other-processes
+                  column). `qkern bench attention` times the two layouts in alternation and reports the median
+                  of the paired ratios (`bench/results/attention-cpu-cli.md`).
                 - AVX-512 code is compiled but could not run here (this CPU has no AVX-512).
                 """);
         return m.toString();

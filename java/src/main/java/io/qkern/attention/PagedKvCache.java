@@ -4,6 +4,7 @@ import io.qkern.DType;
 import io.qkern.Device;
 import io.qkern.Tensor;
 import io.qkern.internal.AttentionNative;
+import io.qkern.internal.NativeLib;
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
 import java.lang.foreign.ValueLayout;
@@ -73,10 +74,8 @@ public final class PagedKvCache implements AutoCloseable {
         List<Tensor> v = new ArrayList<>();
         try {
             for (int layer = 0; layer < spec.numLayers(); layer++) {
-                k.add(Tensor.allocate(spec.dtype(), device, spec.numBlocks(), spec.blockSize(), spec.numKvHeads(),
-                        spec.headDim()));
-                v.add(Tensor.allocate(spec.dtype(), device, spec.numBlocks(), spec.blockSize(), spec.numKvHeads(),
-                        spec.headDim()));
+                k.add(allocatePool(device, spec));
+                v.add(allocatePool(device, spec));
             }
         } catch (RuntimeException e) {
             k.forEach(Tensor::close);
@@ -84,6 +83,31 @@ public final class PagedKvCache implements AutoCloseable {
             throw e;
         }
         return new PagedKvCache(spec, device, List.copyOf(k), List.copyOf(v));
+    }
+
+    /**
+     * One layer's K or V pool. Host pools come from {@code qk_malloc}, which hands out 2 MiB pages
+     * for large buffers: decode reads blocks anywhere in the pool, and with 4 KiB pages every block
+     * of a shuffled table costs TLB misses that reading the same bytes in order does not.
+     */
+    private static Tensor allocatePool(Device device, Spec spec) {
+        long[] shape = {spec.numBlocks(), spec.blockSize(), spec.numKvHeads(), spec.headDim()};
+        if (!device.isCpu()) {
+            return Tensor.allocate(spec.dtype(), device, shape);
+        }
+        long bytes = spec.dtype().byteSize();
+        for (long d : shape) {
+            bytes = Math.multiplyExact(bytes, d);
+        }
+        NativeLib lib = NativeLib.get();
+        long address = lib.malloc(device.kind().code(), device.index(), bytes);
+        try {
+            return Tensor.wrapAddress(address, spec.dtype(), device, false,
+                    () -> lib.free(device.kind().code(), device.index(), address), shape);
+        } catch (RuntimeException e) {
+            lib.free(device.kind().code(), device.index(), address);
+            throw e;
+        }
     }
 
     public Spec spec() {

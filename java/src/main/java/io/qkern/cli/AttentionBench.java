@@ -21,7 +21,10 @@ import java.util.SplittableRandom;
  * <p>Traffic counted ({@code gbps}): the K and V bytes the call must read,
  * {@code 2 * B * T * Hkv * D * dtype size}; queries and outputs are negligible beside them.
  * Both layouts are timed in alternation; {@code paged_over_dense} is the median over sample
- * pairs of the paged layout's throughput over the dense one's.
+ * pairs of the paged layout's throughput over the dense one's. {@code gflops} counts
+ * {@code 4 * B * T * Hq * D} flops per call; on the CPU {@code pct_of_fma_peak} sets it beside the
+ * FMA peak probe (the roofline of the compute-bound rows: a group of 8 does 8 flops per BF16 KV
+ * byte).
  */
 final class AttentionBench implements BenchSuite {
     static final int HEAD_DIM = 128;
@@ -54,8 +57,9 @@ final class AttentionBench implements BenchSuite {
                     // machine two separate medians can differ by more than the layouts do
                     BenchContext.Paired t = ctx.secondsPaired(dense::decode, paged::decode);
                     long kvBytes = 2L * batch * context * h[1] * HEAD_DIM * dt.byteSize();
-                    dense.emit(ctx, shape, t.firstSeconds(), kvBytes, Double.NaN);
-                    paged.emit(ctx, shape, t.secondSeconds(), kvBytes, 1 / t.medianRatio());
+                    double flops = 4.0 * batch * context * h[0] * HEAD_DIM;
+                    dense.emit(ctx, shape, t.firstSeconds(), kvBytes, flops, Double.NaN);
+                    paged.emit(ctx, shape, t.secondSeconds(), kvBytes, flops, 1 / t.medianRatio());
                 }
             }
         }
@@ -132,11 +136,16 @@ final class AttentionBench implements BenchSuite {
         }
 
         /** Reports this layout's time; pagedOverDense (throughput) only for the paged layout. */
-        void emit(BenchContext ctx, String shape, double seconds, long kvBytes, double pagedOverDense) {
+        void emit(BenchContext ctx, String shape, double seconds, long kvBytes, double flops, double pagedOverDense) {
             Map<String, Object> extra = new LinkedHashMap<>();
             extra.put("layout", shuffled ? "paged" : "dense");
             extra.put("block_size", blockSize);
             extra.put("kv_mib", Math.round(kvBytes / 1048576.0));
+            double gflops = flops / seconds / 1e9;
+            extra.put("gflops", Math.round(gflops * 10) / 10.0);
+            if (ctx.device().kind() == Device.Kind.CPU) {
+                extra.put("pct_of_fma_peak", Math.round(1000 * gflops / ctx.fmaPeakGflops()) / 10.0);
+            }
             if (!Double.isNaN(pagedOverDense)) {
                 extra.put("paged_over_dense", Math.round(pagedOverDense * 1000) / 1000.0);
             }

@@ -35,6 +35,7 @@ final class BenchContext implements AutoCloseable {
     private Tensor probeBuffer;
     private double probeGbps = Double.NaN;
     private long probeAt;
+    private double fmaPeakGflops = Double.NaN;
     private boolean headerPrinted;
 
     BenchContext(PrintStream out, PrintStream err, boolean json, boolean quick, Device device) {
@@ -138,6 +139,14 @@ final class BenchContext implements AutoCloseable {
         Arrays.sort(b);
         Arrays.sort(ratio);
         return new Paired(a[pairs / 2], b[pairs / 2], ratio[pairs / 2]);
+    }
+
+    /** The CPU's float32 FMA peak in GFLOP/s ({@link Qkern#probeFmaPeak}), measured once per process. */
+    double fmaPeakGflops() {
+        if (Double.isNaN(fmaPeakGflops)) {
+            fmaPeakGflops = Qkern.probeFmaPeak(quick ? 2 : 5);
+        }
+        return fmaPeakGflops;
     }
 
     /** The read bandwidth measured no longer than 15 s ago, re-measuring if needed. */

@@ -71,7 +71,7 @@ public final class NativeLib {
             cpuThreads, cpuSetThreads, backendAvailable, backendStatus, deviceCount, deviceName,
             deviceMemory, malloc, free, memcpy, memset, streamCreate, streamDestroy, streamSynchronize,
             deviceSynchronize, eventCreate, eventDestroy, eventRecord, eventSynchronize, eventElapsedMs,
-            probeReadBandwidth;
+            probeReadBandwidth, probeFmaPeak;
     private final SymbolLookup lookup;
     private final Linker linker;
 
@@ -113,6 +113,7 @@ public final class NativeLib {
         eventElapsedMs = b.bind("qk_event_elapsed_ms", FunctionDescriptor.of(JAVA_INT, ADDRESS, ADDRESS, ADDRESS));
         probeReadBandwidth = b.bind("qk_probe_read_bandwidth", FunctionDescriptor.of(JAVA_INT, ADDRESS, JAVA_INT,
                 ADDRESS, ADDRESS, JAVA_LONG));
+        probeFmaPeak = b.bind("qk_probe_fma_peak", FunctionDescriptor.of(JAVA_INT, JAVA_INT, ADDRESS));
     }
 
     @FunctionalInterface
@@ -434,5 +435,20 @@ public final class NativeLib {
         }
         check("qk_probe_read_bandwidth", st);
         return gbps;
+    }
+
+    /** Returns the best float32 GFLOP/s of FMA chains on every CPU worker thread. */
+    public double probeFmaPeak(int repetitions) {
+        int st;
+        double gflops;
+        try (Arena arena = Arena.ofConfined()) {
+            MemorySegment out = arena.allocate(JAVA_DOUBLE);
+            st = (int) probeFmaPeak.invokeExact(repetitions, out);
+            gflops = out.get(JAVA_DOUBLE, 0);
+        } catch (Throwable t) {
+            throw bug("qk_probe_fma_peak", t);
+        }
+        check("qk_probe_fma_peak", st);
+        return gflops;
     }
 }
