@@ -97,32 +97,6 @@ inline void accumulate_v(const void* v, const int64_t* v_rows, int64_t head_off,
 // token as large ones.
 constexpr int kTile = 64;
 
-// Rows of the next tile to pull toward the cache while this one runs: row i spans
-// [rows[i], rows[i] + row_bytes) of K (and of V at v_rows[i]), all KV heads of one token. A
-// cursor walks the slice a few lines per step (no division per line: this runs in the hot loop).
-struct Prefetch {
-  const char* k;
-  const char* v;
-  const int64_t* k_rows;  // byte offsets
-  const int64_t* v_rows;
-  int first, count;       // the slice of rows this call prefetches
-  int64_t row_bytes;
-  int row = 0;            // cursor: current row of the slice and byte offset in it
-  int64_t line = 0;
-};
-
-// Prefetches the next `lines` cache lines of the slice.
-inline void prefetch_lines(Prefetch& pf, int64_t lines) {
-  for (; lines > 0 && pf.row < pf.count; lines--) {
-    _mm_prefetch(pf.k + pf.k_rows[pf.first + pf.row] + pf.line, _MM_HINT_T0);
-    _mm_prefetch(pf.v + pf.v_rows[pf.first + pf.row] + pf.line, _MM_HINT_T0);
-    pf.line += 64;
-    if (pf.line >= pf.row_bytes) {
-      pf.line = 0;
-      pf.row++;
-    }
-  }
-}
 
 // One tile of tokens for a tile of GT (1..8) query heads; token t's K row starts at element
 // k_rows[t] + head_off (V: v_rows[t] + head_off). p: scores, then probabilities, as
@@ -138,10 +112,10 @@ void page_tile(const void* k, const void* v, const int64_t* k_rows, const int64_
   constexpr int TT = kLanesAreHeads ? 8 / GT : 1;
   const __m256 vscale = _mm256_set1_ps(scale);
   const int64_t steps = (tokens + TT - 1) / TT;
-  const int64_t lines_per_step = (pf.count * ((pf.row_bytes + 63) / 64) + steps - 1) / steps;
+  const int64_t lines_per_step = (pf.left + steps - 1) / steps;
   for (int64_t step = 0; step < steps; step++) {
     const int64_t t = step * TT;
-    if (pf.count) prefetch_lines(pf, lines_per_step);
+    if (pf.left) prefetch_lines(pf, lines_per_step);
     __m512 dot[8];
     for (int j = 0; j < 8; j++) dot[j] = _mm512_setzero_ps();
     for (int d = 0; d < D; d += 16) {
@@ -236,7 +210,7 @@ void page_tiles(const CacheView& c, const int64_t* k_rows, const int64_t* v_rows
                 const float* q, int group, float scale, float* s, float* m, float* l, float* acc, Prefetch& pf) {
   const int D = c.head_dim;
   Prefetch none = pf;
-  none.count = 0;
+  none.left = 0;
   // Tiles of at most 4 heads: with 4 (2 tokens per step, q in registers; 2 output chunks per V
   // pass) there are 0.75 loads per FMA, with 8 heads 1.125 (q and the probabilities come from L1
   // for every FMA), and the loads, not the FMAs, would set the pace. A group of 8 reads each row
@@ -294,8 +268,7 @@ void decode_avx512(const CacheView& c, const int32_t* pages, int64_t num_pages, 
       float* acc = scratch + kvh * head_floats;
       float* m = acc + (int64_t)padded * D;
       float* l = m + padded;
-      const int first = (int)(next_n * kvh / kv_heads), last = (int)(next_n * (kvh + 1) / kv_heads);
-      Prefetch pf{(const char*)c.k, (const char*)c.v, next_k, next_v, first, last - first, c.token_stride * es};
+      Prefetch pf((const char*)c.k, (const char*)c.v, next_k, next_v, c.token_stride * es, next_n, kvh, kv_heads);
       const float* qh = q + (int64_t)kvh * group * D;
       const int64_t head_off = (int64_t)kvh * D;
       switch (c.dtype) {

@@ -46,6 +46,46 @@ inline void tile_rows(const CacheView& c, const int32_t* pages, int64_t t0, int6
   }
 }
 
+// The next tile's rows to pull toward the cache while this one runs: row i spans
+// [k_rows[i], k_rows[i] + row_bytes) of K (and of V at v_rows[i]), all KV heads of one token.
+// Each KV head's call takes an equal share of the tile's lines (a share by rows would hand a
+// whole 10-20 KiB row to one head and none to the next when there are more heads than rows, and
+// a burst that size stalls on the cache's miss buffers). A cursor walks the share a few lines
+// per step (no division per line: this runs in the hot loop).
+struct Prefetch {
+  const char* k;
+  const char* v;
+  const int64_t* k_rows;  // byte offsets
+  const int64_t* v_rows;
+  int64_t row_bytes;
+  int64_t row, line;      // cursor: row and byte offset in it
+  int64_t left;           // lines of the share not yet prefetched
+
+  // Share `part` of `parts` of the lines of `rows` rows.
+  Prefetch(const char* k, const char* v, const int64_t* k_rows, const int64_t* v_rows, int64_t row_bytes, int64_t rows,
+           int part, int parts)
+      : k(k), v(v), k_rows(k_rows), v_rows(v_rows), row_bytes(row_bytes) {
+    const int64_t row_lines = (row_bytes + 63) / 64, lines = rows * row_lines;
+    const int64_t begin = lines * part / parts, end = lines * (part + 1) / parts;
+    row = begin / row_lines;
+    line = begin % row_lines * 64;
+    left = end - begin;
+  }
+};
+
+// Prefetches the next `lines` cache lines of the share.
+inline void prefetch_lines(Prefetch& pf, int64_t lines) {
+  for (; lines > 0 && pf.left > 0; lines--, pf.left--) {
+    __builtin_prefetch(pf.k + pf.k_rows[pf.row] + pf.line, 0, 3);
+    __builtin_prefetch(pf.v + pf.v_rows[pf.row] + pf.line, 0, 3);
+    pf.line += 64;
+    if (pf.line >= pf.row_bytes) {
+      pf.line = 0;
+      pf.row++;
+    }
+  }
+}
+
 // Floats of the per-tile score buffer (scores of one tile of tokens for up to 8 heads).
 inline int64_t decode_score_floats(int group, int block_size) {
   const int64_t padded_group = (group + 7) / 8 * 8;
