@@ -114,7 +114,6 @@ constexpr int kTile = 64;
 // slower.
 constexpr int64_t kPrefetchBurst = 8;
 
-
 // Scores of TT = 8 / GT tokens (rows row[0..TT), element offsets) for GT heads (q: GT x D, in
 // the Rows<DT, EO> order), scaled, as one vector: lane tt * GT + g is token tt, head g.
 // 8 independent FMA chains (FMA latency x throughput) and every loaded vector feeds several
