@@ -14,32 +14,11 @@
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 
 #include "attention/attention_cpu.h"
+#include "attention/attention_simd8.h"
 #include "qkern.h"
 
 namespace qk::attention {
 namespace {
-
-// exp(x) for float32 lanes: x = n ln2 + r with |r| <= ln2/2, a degree-6 polynomial for e^r
-// (relative error ~2e-7), 2^n by exponent arithmetic. Lanes below -87.3 (and -inf) give 0.
-inline __m256 exp8(__m256 x) {
-  const __m256 hi = _mm256_set1_ps(88.3762626647949f), lo = _mm256_set1_ps(-87.3365447505531f);
-  const __m256 underflow = _mm256_cmp_ps(x, lo, _CMP_LT_OQ);
-  x = _mm256_min_ps(_mm256_max_ps(x, lo), hi);
-  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
-                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
-  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-  __m256 p = _mm256_set1_ps(1.9875691500e-4f);
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
-  p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
-  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-  const __m256 result = _mm256_mul_ps(p, _mm256_castsi256_ps(e));
-  return _mm256_andnot_ps(underflow, result);
-}
 
 template <int DT>
 inline __m512 load16(const void* base, int64_t i) {
@@ -54,15 +33,12 @@ inline __m512 load16(const void* base, int64_t i) {
 }
 
 // Lane g of the result = the sum of the 16 lanes of v[g].
-inline __m256 transpose_sum8(const __m512* v) {
+inline __m256 transpose_sum16(const __m512* v) {
   __m256 h[8];
   for (int g = 0; g < 8; g++)
     h[g] = _mm256_add_ps(_mm512_castps512_ps256(v[g]),
                          _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v[g]), 1)));
-  const __m256 t0 = _mm256_hadd_ps(h[0], h[1]), t1 = _mm256_hadd_ps(h[2], h[3]);
-  const __m256 t2 = _mm256_hadd_ps(h[4], h[5]), t3 = _mm256_hadd_ps(h[6], h[7]);
-  const __m256 u0 = _mm256_hadd_ps(t0, t1), u1 = _mm256_hadd_ps(t2, t3);
-  return _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
+  return transpose_sum8(h);
 }
 
 // Tokens of V accumulated per pass over the output lanes: their rows stay in L1 while the
@@ -132,14 +108,9 @@ void page_tile(const void* k, const void* v, const int64_t* k_rows, const int64_
         for (int g = 0; g < GT; g++) dot[g] = _mm512_fmadd_ps(_mm512_loadu_ps(q + g * D + d), kv, dot[g]);
       }
     }
-    __m256 sc = _mm256_mul_ps(transpose_sum8(dot), vscale);
+    __m256 sc = _mm256_mul_ps(transpose_sum16(dot), vscale);
     if (kLanesAreHeads) {
-      if (t + TT > tokens) {  // lanes of tokens past the end get -inf: weight exactly 0
-        const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-        const __m256i valid = _mm256_set1_epi32((int)((tokens - t) * GT));
-        sc = _mm256_blendv_ps(_mm256_set1_ps(-INFINITY), sc, _mm256_castsi256_ps(_mm256_cmpgt_epi32(valid, lane)));
-      }
-      _mm256_storeu_ps(p + t * GT, sc);
+      _mm256_storeu_ps(p + t * GT, mask_tail<GT>(sc, tokens - t));
     } else {
       alignas(32) float lanes[8];
       _mm256_store_ps(lanes, sc);
@@ -150,33 +121,7 @@ void page_tile(const void* k, const void* v, const int64_t* k_rows, const int64_
   alignas(32) float alpha[8];
   if (kLanesAreHeads) {
     // p holds steps * 8 floats; lane j belongs to head j % GT
-    const int64_t chunks = steps * TT * GT / 8;
-    __m256 vmax = _mm256_set1_ps(-INFINITY);
-    for (int64_t i = 0; i < chunks; i++) vmax = _mm256_max_ps(vmax, _mm256_loadu_ps(p + 8 * i));
-    alignas(32) float lane_max[8], m_lanes[8];
-    _mm256_store_ps(lane_max, vmax);
-    for (int g = 0; g < GT; g++) {
-      float mx = lane_max[g];
-      for (int j = g + GT; j < 8; j += GT) mx = fmaxf(mx, lane_max[j]);
-      const float m_new = fmaxf(m[g], mx);
-      alpha[g] = m[g] == -INFINITY ? 0.0f : expf(m[g] - m_new);
-      m[g] = m_new;
-    }
-    for (int j = 0; j < 8; j++) m_lanes[j] = m[j % GT];
-    const __m256 vm = _mm256_load_ps(m_lanes);
-    __m256 sum = _mm256_setzero_ps();
-    for (int64_t i = 0; i < chunks; i++) {
-      const __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(p + 8 * i), vm));
-      _mm256_storeu_ps(p + 8 * i, e);
-      sum = _mm256_add_ps(sum, e);
-    }
-    alignas(32) float lane_sum[8];
-    _mm256_store_ps(lane_sum, sum);
-    for (int g = 0; g < GT; g++) {
-      float total = 0.0f;
-      for (int j = g; j < 8; j += GT) total += lane_sum[j];
-      l[g] = l[g] * alpha[g] + total;
-    }
+    softmax_update<GT>(p, steps * TT * GT / 8, m, l, alpha);
   } else {
     for (int g = 0; g < GT; g++) {
       float mx = -INFINITY;
