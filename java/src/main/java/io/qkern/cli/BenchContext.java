@@ -71,23 +71,10 @@ final class BenchContext implements AutoCloseable {
      * A CUDA suite must synchronize inside {@code op}.
      */
     double seconds(Runnable op) {
-        long warmupUntil = System.nanoTime() + (quick ? 50_000_000L : 300_000_000L);
-        int calls = 0;
-        long t0 = System.nanoTime();
-        do {
-            op.run();
-            calls++;
-        } while (calls < 2 || System.nanoTime() < warmupUntil);
-        double perCall = (System.nanoTime() - t0) / 1e9 / calls;
-        double sampleSeconds = quick ? 0.005 : 0.05;
-        int repeats = (int) Math.max(1, Math.min(1_000_000, Math.ceil(sampleSeconds / Math.max(perCall, 1e-9))));
+        int repeats = warmUp(op);
         double[] samples = new double[quick ? 3 : 7];
         for (int s = 0; s < samples.length; s++) {
-            long start = System.nanoTime();
-            for (int r = 0; r < repeats; r++) {
-                op.run();
-            }
-            samples[s] = (System.nanoTime() - start) / 1e9 / repeats;
+            samples[s] = sample(op, repeats);
         }
         Arrays.sort(samples);
         return samples[samples.length / 2];
@@ -103,35 +90,21 @@ final class BenchContext implements AutoCloseable {
      * second's time / first's time.
      */
     Paired secondsPaired(Runnable first, Runnable second) {
-        long warmupUntil = System.nanoTime() + (quick ? 50_000_000L : 300_000_000L);
-        int calls = 0;
-        long t0 = System.nanoTime();
-        do {
+        int repeats = warmUp(() -> {
             first.run();
             second.run();
-            calls++;
-        } while (calls < 2 || System.nanoTime() < warmupUntil);
-        double perCall = (System.nanoTime() - t0) / 1e9 / calls / 2;
-        double sampleSeconds = quick ? 0.005 : 0.05;
-        int repeats = (int) Math.max(1, Math.min(1_000_000, Math.ceil(sampleSeconds / Math.max(perCall, 1e-9))));
+        });
         int pairs = quick ? 3 : 9;
         double[] a = new double[pairs];
         double[] b = new double[pairs];
         double[] ratio = new double[pairs];
         for (int s = 0; s < pairs; s++) {
-            for (int k = 0; k < 2; k++) {
-                boolean firstNow = (s + k) % 2 == 0;
-                Runnable op = firstNow ? first : second;
-                long start = System.nanoTime();
-                for (int r = 0; r < repeats; r++) {
-                    op.run();
-                }
-                double t = (System.nanoTime() - start) / 1e9 / repeats;
-                if (firstNow) {
-                    a[s] = t;
-                } else {
-                    b[s] = t;
-                }
+            if (s % 2 == 0) {
+                a[s] = sample(first, repeats);
+                b[s] = sample(second, repeats);
+            } else {
+                b[s] = sample(second, repeats);
+                a[s] = sample(first, repeats);
             }
             ratio[s] = b[s] / a[s];
         }
@@ -139,6 +112,32 @@ final class BenchContext implements AutoCloseable {
         Arrays.sort(b);
         Arrays.sort(ratio);
         return new Paired(a[pairs / 2], b[pairs / 2], ratio[pairs / 2]);
+    }
+
+    /**
+     * Warm-up calls of {@code op} (at least 2, for 300 ms; 50 ms quick); returns how many
+     * back-to-back calls make one sample last a few milliseconds (timer resolution).
+     */
+    private int warmUp(Runnable op) {
+        long warmupUntil = System.nanoTime() + (quick ? 50_000_000L : 300_000_000L);
+        int calls = 0;
+        long t0 = System.nanoTime();
+        do {
+            op.run();
+            calls++;
+        } while (calls < 2 || System.nanoTime() < warmupUntil);
+        double perCall = (System.nanoTime() - t0) / 1e9 / calls;
+        double sampleSeconds = quick ? 0.005 : 0.05;
+        return (int) Math.max(1, Math.min(1_000_000, Math.ceil(sampleSeconds / Math.max(perCall, 1e-9))));
+    }
+
+    /** Seconds per call of {@code repeats} back-to-back calls. */
+    private static double sample(Runnable op, int repeats) {
+        long start = System.nanoTime();
+        for (int r = 0; r < repeats; r++) {
+            op.run();
+        }
+        return (System.nanoTime() - start) / 1e9 / repeats;
     }
 
     /** The CPU's float32 FMA peak in GFLOP/s ({@link Qkern#probeFmaPeak}), measured once per process. */
