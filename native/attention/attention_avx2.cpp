@@ -74,11 +74,6 @@ inline void accumulate_v(const void* v, const int64_t* v_rows, int64_t head_off,
     for (int c = 0; c < N; c++) _mm256_storeu_ps(acc + g * D + d + 8 * c, o[g][c]);
 }
 
-// Most tokens per softmax update (decode_tile_tokens picks the tile by row size): a tile gathers
-// rows across pages through per-token offsets, so small blocks (8, 16 tokens) cost the same per
-// token as large ones.
-constexpr int kTile = 64;
-
 // Most lines (of K, and as many of V) a score step prefetches before the V passes take a share.
 // Measured on Zen 3: MHA rows (one score step per KV head and tile, 32 lines each) ran 1.15-1.3x
 // faster with their prefetches spread over the V passes; GQA rows (4-8 lines per step) ran 1-4%
@@ -164,7 +159,7 @@ inline void score_rows(const void* k, const int64_t* row, int64_t t, int64_t tok
   }
 }
 
-// One tile of up to kTile tokens for one KV head and its whole query group; token t's K row
+// One tile of up to kMaxDecodeTile tokens for one KV head and its whole query group; token t's K row
 // starts at element k_rows[t] + head_off (V: v_rows[t] + head_off). Heads are taken 4 at a time
 // (then 2 and 1 for the rest of the group; see score_step for why 4).
 // The loops run token-major: 8 tokens' K rows are scored for every head of the group before the
@@ -263,40 +258,27 @@ void decode_avx2(const CacheView& c, const int32_t* pages, int64_t num_pages, in
       m[padded + g] = 0.0f;
     }
   }
-  const int64_t es = c.dtype == QK_F32 ? 4 : 2;
-  const int64_t total = num_pages ? (num_pages - 1) * c.block_size + last_page_len : 0;
-  // element offsets of this tile's rows (all heads of a token; a head adds kvh * D), and byte
-  // offsets of the next tile's rows for the prefetcher (the next page is at an unrelated address,
-  // which the hardware prefetchers cannot guess)
-  int64_t k_rows[kTile], v_rows[kTile], next_k[kTile], next_v[kTile];
-  const int64_t tile = decode_tile_tokens(c.token_stride * es);
-  for (int64_t t0 = 0; t0 < total; t0 += tile) {
-    const int64_t n = total - t0 < tile ? total - t0 : tile;
-    tile_rows(c, pages, t0, n, 1, k_rows, v_rows);
-    const int64_t next_n = total - t0 - n < tile ? total - t0 - n : tile;
-    tile_rows(c, pages, t0 + n, next_n, es, next_k, next_v);
-    for (int kvh = 0; kvh < kv_heads; kvh++) {
-      float* acc = scratch + kvh * head_floats;
-      float* m = acc + (int64_t)padded * D;
-      float* l = m + padded;
-      float* alpha = l + padded;
-      Prefetch pf((const char*)c.k, (const char*)c.v, next_k, next_v, c.token_stride * es, next_n, kvh, kv_heads);
-      const float* qh = q + (int64_t)kvh * group * D;
-      const int64_t head_off = (int64_t)kvh * D;
-      switch (c.dtype) {
-        case QK_F16:
-          page_tiles<QK_F16, false>(c, k_rows, v_rows, head_off, n, qh, group, scale, s, m, l, alpha, acc, pf);
-          break;
-        case QK_BF16:
-          if (eo)
-            page_tiles<QK_BF16, true>(c, k_rows, v_rows, head_off, n, qh, group, scale, s, m, l, alpha, acc, pf);
-          else
-            page_tiles<QK_BF16, false>(c, k_rows, v_rows, head_off, n, qh, group, scale, s, m, l, alpha, acc, pf);
-          break;
-        default: page_tiles<QK_F32, false>(c, k_rows, v_rows, head_off, n, qh, group, scale, s, m, l, alpha, acc, pf); break;
-      }
+  for_each_tile(c, pages, num_pages, last_page_len, kv_heads,
+                [&](int kvh, const int64_t* k_rows, const int64_t* v_rows, int64_t n, Prefetch& pf) {
+    float* acc = scratch + kvh * head_floats;
+    float* m = acc + (int64_t)padded * D;
+    float* l = m + padded;
+    float* alpha = l + padded;
+    const float* qh = q + (int64_t)kvh * group * D;
+    const int64_t head_off = (int64_t)kvh * D;
+    switch (c.dtype) {
+      case QK_F16:
+        page_tiles<QK_F16, false>(c, k_rows, v_rows, head_off, n, qh, group, scale, s, m, l, alpha, acc, pf);
+        break;
+      case QK_BF16:
+        if (eo)
+          page_tiles<QK_BF16, true>(c, k_rows, v_rows, head_off, n, qh, group, scale, s, m, l, alpha, acc, pf);
+        else
+          page_tiles<QK_BF16, false>(c, k_rows, v_rows, head_off, n, qh, group, scale, s, m, l, alpha, acc, pf);
+        break;
+      default: page_tiles<QK_F32, false>(c, k_rows, v_rows, head_off, n, qh, group, scale, s, m, l, alpha, acc, pf); break;
     }
-  }
+  });
   for (int kvh = 0; kvh < kv_heads; kvh++) {
     const float* acc = scratch + kvh * head_floats;
     const float* m = acc + (int64_t)padded * D;

@@ -68,12 +68,6 @@ inline void accumulate_v(const void* v, const int64_t* v_rows, int64_t head_off,
     for (int c = 0; c < CH; c++) _mm512_storeu_ps(acc + g * D + d + 16 * c, o[g][c]);
 }
 
-// Most tokens per softmax update (decode_tile_tokens picks the tile by row size): a tile gathers
-// rows across pages through per-token offsets, so small blocks (8, 16 tokens) cost the same per
-// token as large ones.
-constexpr int kTile = 64;
-
-
 // One tile of tokens for a tile of GT (1..8) query heads; token t's K row starts at element
 // k_rows[t] + head_off (V: v_rows[t] + head_off). p: scores, then probabilities, as
 // [token][GT]; m, l: running max and sum per head; acc: GT x D unnormalized output.
@@ -187,7 +181,7 @@ void decode_avx512(const CacheView& c, const int32_t* pages, int64_t num_pages, 
   // per KV head: acc (padded x D), m and l (padded; lanes past `group` are computed and ignored)
   const int padded = (group + 7) / 8 * 8;
   const int64_t head_floats = (int64_t)padded * D + 2 * padded;
-  float* s = scratch + kv_heads * head_floats;  // kTile x 8 (+ 8 of padding)
+  float* s = scratch + kv_heads * head_floats;  // the score buffer (decode_score_floats)
   for (int kvh = 0; kvh < kv_heads; kvh++) {
     float* acc = scratch + kvh * head_floats;
     float* m = acc + (int64_t)padded * D;
@@ -197,32 +191,19 @@ void decode_avx512(const CacheView& c, const int32_t* pages, int64_t num_pages, 
       m[padded + g] = 0.0f;
     }
   }
-  const int64_t es = c.dtype == QK_F32 ? 4 : 2;
-  const int64_t total = num_pages ? (num_pages - 1) * c.block_size + last_page_len : 0;
-  // element offsets of this tile's rows (all heads of a token; a head adds kvh * D), and byte
-  // offsets of the next tile's rows for the prefetcher (the next page is at an unrelated address,
-  // which the hardware prefetchers cannot guess)
-  int64_t k_rows[kTile], v_rows[kTile], next_k[kTile], next_v[kTile];
-  const int64_t tile = decode_tile_tokens(c.token_stride * es);
-  for (int64_t t0 = 0; t0 < total; t0 += tile) {
-    const int64_t n = total - t0 < tile ? total - t0 : tile;
-    tile_rows(c, pages, t0, n, 1, k_rows, v_rows);
-    const int64_t next_n = total - t0 - n < tile ? total - t0 - n : tile;
-    tile_rows(c, pages, t0 + n, next_n, es, next_k, next_v);
-    for (int kvh = 0; kvh < kv_heads; kvh++) {
-      float* acc = scratch + kvh * head_floats;
-      float* m = acc + (int64_t)padded * D;
-      float* l = m + padded;
-      Prefetch pf((const char*)c.k, (const char*)c.v, next_k, next_v, c.token_stride * es, next_n, kvh, kv_heads);
-      const float* qh = q + (int64_t)kvh * group * D;
-      const int64_t head_off = (int64_t)kvh * D;
-      switch (c.dtype) {
-        case QK_F16: page_tiles<QK_F16>(c, k_rows, v_rows, head_off, n, qh, group, scale, s, m, l, acc, pf); break;
-        case QK_BF16: page_tiles<QK_BF16>(c, k_rows, v_rows, head_off, n, qh, group, scale, s, m, l, acc, pf); break;
-        default: page_tiles<QK_F32>(c, k_rows, v_rows, head_off, n, qh, group, scale, s, m, l, acc, pf); break;
-      }
+  for_each_tile(c, pages, num_pages, last_page_len, kv_heads,
+                [&](int kvh, const int64_t* k_rows, const int64_t* v_rows, int64_t n, Prefetch& pf) {
+    float* acc = scratch + kvh * head_floats;
+    float* m = acc + (int64_t)padded * D;
+    float* l = m + padded;
+    const float* qh = q + (int64_t)kvh * group * D;
+    const int64_t head_off = (int64_t)kvh * D;
+    switch (c.dtype) {
+      case QK_F16: page_tiles<QK_F16>(c, k_rows, v_rows, head_off, n, qh, group, scale, s, m, l, acc, pf); break;
+      case QK_BF16: page_tiles<QK_BF16>(c, k_rows, v_rows, head_off, n, qh, group, scale, s, m, l, acc, pf); break;
+      default: page_tiles<QK_F32>(c, k_rows, v_rows, head_off, n, qh, group, scale, s, m, l, acc, pf); break;
     }
-  }
+  });
   for (int kvh = 0; kvh < kv_heads; kvh++) {
     const float* acc = scratch + kvh * head_floats;
     const float* m = acc + (int64_t)padded * D;

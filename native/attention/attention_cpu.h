@@ -4,6 +4,8 @@
 #pragma once
 #include <stdint.h>
 
+#include "qkern.h"
+
 namespace qk::attention {
 
 // Where one layer's K and V live. Element (block, token, head, d) of K is at
@@ -19,6 +21,14 @@ struct CacheView {
   int32_t head_dim;
 };
 
+// The helpers below are compiled into every kernel file, each with its own ISA flags; internal
+// linkage keeps the linker from handing one file a copy built for another's instruction set.
+namespace {
+
+// Most tokens per softmax tile: a tile gathers rows across pages through per-token offsets, so
+// small blocks (8, 16 tokens) cost the same per token as large ones.
+constexpr int kMaxDecodeTile = 64;
+
 // Tokens per softmax tile for rows of `row_bytes` (all KV heads of one token): the most, up to
 // 64, whose K rows fit in 32 KiB. A tile is walked once per KV head, so its rows are read as
 // `tile` interleaved strided streams: 64 rows of 2 KiB read that way ran at ~40% of the speed of
@@ -26,7 +36,7 @@ struct CacheView {
 // the KV heads costs nothing extra. Never below 8, the score step's width.
 inline int decode_tile_tokens(int64_t row_bytes) {
   int tile = 8;
-  while (tile < 64 && 2 * tile * row_bytes <= 32768) tile *= 2;
+  while (tile < kMaxDecodeTile && 2 * tile * row_bytes <= 32768) tile *= 2;
   return tile;
 }
 
@@ -86,10 +96,36 @@ inline void prefetch_lines(Prefetch& pf, int64_t lines) {
   }
 }
 
+// Walks the tokens of a page list (full pages, the last holding `last_page_len` tokens) one tile
+// at a time and, within a tile, each KV head: body(kvh, k_rows, v_rows, n, pf) gets the element
+// offsets of the tile's n rows (a head adds kvh * head_dim) and a prefetcher over that head's
+// share of the next tile's lines (the next page is at an unrelated address, which the hardware
+// prefetchers cannot guess).
+template <class Body>
+inline void for_each_tile(const CacheView& c, const int32_t* pages, int64_t num_pages, int64_t last_page_len,
+                          int kv_heads, Body&& body) {
+  const int64_t es = c.dtype == QK_F32 ? 4 : 2;
+  const int64_t total = num_pages ? (num_pages - 1) * c.block_size + last_page_len : 0;
+  int64_t k_rows[kMaxDecodeTile], v_rows[kMaxDecodeTile], next_k[kMaxDecodeTile], next_v[kMaxDecodeTile];
+  const int64_t tile = decode_tile_tokens(c.token_stride * es);
+  for (int64_t t0 = 0; t0 < total; t0 += tile) {
+    const int64_t n = total - t0 < tile ? total - t0 : tile;
+    tile_rows(c, pages, t0, n, 1, k_rows, v_rows);
+    const int64_t next_n = total - t0 - n < tile ? total - t0 - n : tile;
+    tile_rows(c, pages, t0 + n, next_n, es, next_k, next_v);
+    for (int kvh = 0; kvh < kv_heads; kvh++) {
+      Prefetch pf((const char*)c.k, (const char*)c.v, next_k, next_v, c.token_stride * es, next_n, kvh, kv_heads);
+      body(kvh, (const int64_t*)k_rows, (const int64_t*)v_rows, n, pf);
+    }
+  }
+}
+
+}  // namespace
+
 // Floats of the per-tile score buffer (scores of one tile of tokens for up to 8 heads).
 inline int64_t decode_score_floats(int group, int block_size) {
   const int64_t padded_group = (group + 7) / 8 * 8;
-  const int64_t tile = block_size > 64 ? block_size : 64;  // the SIMD kernels score 64-token tiles
+  const int64_t tile = block_size > kMaxDecodeTile ? block_size : kMaxDecodeTile;
   return padded_group * (tile + 8) + 64;
 }
 
