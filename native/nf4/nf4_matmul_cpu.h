@@ -12,6 +12,10 @@
 
 namespace qk::nf4mm {
 
+// Internal linkage: these are compiled into kernel files with different ISA flags, and the linker
+// must not hand one file another's copy.
+namespace {
+
 // The fused GEMV needs every 64-weight chunk inside one block and starting on a byte:
 // k % 64 == 0 and blocksize >= 64. Other shapes decode through the portable path.
 inline bool aligned(int64_t k, int64_t blocksize) { return k % 64 == 0 && blocksize >= 64; }
@@ -19,6 +23,8 @@ inline bool aligned(int64_t k, int64_t blocksize) { return k % 64 == 0 && blocks
 // log2 of a (power-of-two) blocksize: a shift instead of a 64-bit division per 64 weights,
 // which cost as much as decoding them.
 inline int block_shift(int64_t blocksize) { return __builtin_ctzll((unsigned long long)blocksize); }
+
+}  // namespace
 
 // The fused forward GEMV serves m <= this; larger m tile through decode + dot, which also decodes
 // each weight once for all rows. Above 8 rows the GEMV re-decodes a row per group of 8 and its
